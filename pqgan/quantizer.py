@@ -1,0 +1,275 @@
+"""``ProductQuantizer``: a drop-in product-quantisation layer for VQGAN-style autoencoders.
+
+A latent vector of dim D is split into S contiguous subspaces of dim d = D/S; each picks the nearest of the K
+codewords of its own codebook. S=1 is plain VQ, d=1 is scalar quantisation.
+
+    >>> pq = ProductQuantizer(dim=128, num_subspaces=64, codebook_size=512)        # PQGAN-F8
+    >>> out = pq(torch.randn(2, 128, 32, 32))
+    >>> out.quantized.shape, out.indices.shape                                      # (2,128,32,32), (2,32,32,64)
+"""
+from __future__ import annotations
+
+from typing import NamedTuple, Optional
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from torch import nn
+
+import pqgan_kernels
+from pqgan_kernels import validate
+
+from .kmeans import kmeans
+from .packing import bits_per_code, pack_indices, unpack_indices
+
+
+class QuantizerStats(NamedTuple):
+    """Per-subspace statistics of one forward pass, each (S,) float32.
+
+    perplexity: exp(entropy) of this batch's code histogram (1 = one code used, K = uniform use).
+    usage:      fraction of the K codes used at least once in this batch.
+    dead_codes: codes whose running (EMA) usage is below ``dead_code_threshold`` (or below 1e-3 when it is 0).
+    """
+    perplexity: torch.Tensor
+    usage: torch.Tensor
+    dead_codes: torch.Tensor
+
+
+class QuantizerOutput(NamedTuple):
+    """quantized: same shape as the input, straight-through gradient to it. indices: (..., S) int64.
+    loss: scalar (commitment, plus the codebook term when codebooks are trained by gradient). stats: QuantizerStats.
+    """
+    quantized: torch.Tensor
+    indices: torch.Tensor
+    loss: torch.Tensor
+    stats: QuantizerStats
+
+
+class _StraightThrough(torch.autograd.Function):
+    """Forward: the codewords, exactly (``z + (q - z).detach()`` would round). Backward: the gradient to z as is."""
+
+    @staticmethod
+    def forward(ctx, rows: torch.Tensor, quantized: torch.Tensor) -> torch.Tensor:
+        return quantized.detach().clone()
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        return grad, None
+
+
+def _distributed() -> bool:
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+
+
+class ProductQuantizer(nn.Module):
+    """Product quantiser with S codebooks of K codewords of dim d = dim / num_subspaces.
+
+    Args:
+        dim: channel count D of the latents.
+        num_subspaces: S; must divide dim.
+        codebook_size: K codewords per subspace.
+        ema_decay: decay of the EMA codebook update (codebooks are buffers); None trains the codebooks by gradient
+            (a Parameter, initialised N(0, 1), pulled by the codebook loss).
+        commitment_weight: weight of ||z - sg(q)||^2.
+        codebook_weight: weight of ||sg(z) - q||^2 (only when ema_decay is None).
+        distance: "l2" or "cosine".
+        kmeans_init: initialise each codebook with k-means++ on the first training batch.
+        dead_code_threshold: codes whose EMA usage (assignments per batch) falls below it are re-seeded from
+            random inputs of the current batch (0 disables).
+        channel_last: inputs are (..., dim) instead of (B, dim, *spatial).
+        backend: kernel backend, "auto", "reference", "triton", "cuda" or "cpu".
+        eps: Laplace smoothing of the EMA update.
+    """
+
+    def __init__(self, dim: int, num_subspaces: int, codebook_size: int, *, ema_decay: Optional[float] = 0.99,
+                 commitment_weight: float = 0.25, codebook_weight: float = 1.0, distance: str = "l2",
+                 kmeans_init: bool = False, dead_code_threshold: float = 0.0, channel_last: bool = False,
+                 backend: str = "auto", eps: float = 1e-5):
+        super().__init__()
+        if dim < 1 or num_subspaces < 1 or codebook_size < 1:
+            raise ValueError(f"dim, num_subspaces and codebook_size must be >= 1, "
+                             f"got {dim}, {num_subspaces}, {codebook_size}")
+        if dim % num_subspaces:
+            raise ValueError(f"dim ({dim}) must be divisible by num_subspaces ({num_subspaces})")
+        if ema_decay is not None and not 0.0 <= ema_decay < 1.0:
+            raise ValueError(f"ema_decay must be in [0, 1) or None, got {ema_decay}")
+        if distance not in pqgan_kernels.reference.DISTANCES:
+            raise ValueError(f"distance must be one of {pqgan_kernels.reference.DISTANCES}, got {distance!r}")
+        if backend != "auto" and backend not in pqgan_kernels.BACKENDS:
+            raise ValueError(f"backend must be 'auto' or one of {pqgan_kernels.BACKENDS}, got {backend!r}")
+        self.dim, self.num_subspaces, self.codebook_size = dim, num_subspaces, codebook_size
+        self.subspace_dim = dim // num_subspaces
+        self.ema_decay = ema_decay
+        self.commitment_weight, self.codebook_weight = commitment_weight, codebook_weight
+        self.distance, self.kmeans_init, self.dead_code_threshold = distance, kmeans_init, dead_code_threshold
+        self.channel_last, self.backend, self.eps = channel_last, backend, eps
+
+        shape = (num_subspaces, codebook_size, self.subspace_dim)
+        init = torch.randn(shape)
+        if self.use_ema:
+            self.register_buffer("codebooks", init)
+            self.register_buffer("embed_sum", init.clone())
+        else:
+            self.codebooks = nn.Parameter(init)
+        # EMA of per-batch assignment counts; drives the EMA update, dead-code detection and stats in both modes.
+        self.register_buffer("cluster_size", torch.ones(num_subspaces, codebook_size))
+        self.register_buffer("initted", torch.tensor(not kmeans_init))
+
+    @property
+    def use_ema(self) -> bool:
+        return self.ema_decay is not None
+
+    @property
+    def bits_per_position(self) -> int:
+        """S * ceil(log2 K): the size of one latent position's code."""
+        return self.num_subspaces * bits_per_code(self.codebook_size)
+
+    def extra_repr(self) -> str:
+        return (f"dim={self.dim}, num_subspaces={self.num_subspaces}, codebook_size={self.codebook_size}, "
+                f"subspace_dim={self.subspace_dim}, ema_decay={self.ema_decay}, distance={self.distance!r}, "
+                f"backend={self.backend!r}")
+
+    # --- layout ------------------------------------------------------------------------------------------------
+
+    def _to_rows(self, z: torch.Tensor) -> torch.Tensor:
+        """(B, D, *spatial) or (..., D) -> (N, D), after checking the input."""
+        validate.check_float("z", z)
+        channel_axis = -1 if self.channel_last else 1
+        min_dims = 1 if self.channel_last else 2
+        if z.dim() < min_dims:
+            raise ValueError(f"expected input of shape {'(..., D)' if self.channel_last else '(B, D, ...)'}, "
+                             f"got shape {tuple(z.shape)}")
+        if z.shape[channel_axis] != self.dim:
+            raise ValueError(f"expected {self.dim} channels on axis {channel_axis}, got shape {tuple(z.shape)}")
+        if z.numel() == 0:
+            raise ValueError(f"empty batch: input of shape {tuple(z.shape)}")
+        if not self.channel_last:
+            z = z.movedim(1, -1)
+        return z.reshape(-1, self.dim)
+
+    def _from_rows(self, rows: torch.Tensor, like_shape: torch.Size) -> torch.Tensor:
+        """(N, C) -> the layout of an input of ``like_shape`` with C channels."""
+        if self.channel_last:
+            return rows.reshape(*like_shape[:-1], rows.shape[-1])
+        lead = (like_shape[0],) + tuple(like_shape[2:])
+        return rows.reshape(*lead, rows.shape[-1]).movedim(-1, 1)
+
+    def _index_shape(self, z_shape: torch.Size) -> tuple[int, ...]:
+        lead = tuple(z_shape[:-1]) if self.channel_last else (z_shape[0],) + tuple(z_shape[2:])
+        return lead + (self.num_subspaces,)
+
+    # --- forward -----------------------------------------------------------------------------------------------
+
+    def forward(self, z: torch.Tensor) -> QuantizerOutput:
+        rows = self._to_rows(z)
+        if self.training and self.kmeans_init and not bool(self.initted):
+            self._init_codebooks(rows.detach())
+        quantized, indices = pqgan_kernels.pq_assign(rows, self.codebooks, distance=self.distance,
+                                                     backend=self.backend)
+        rows_f, quantized_f = rows.float(), quantized.float()
+        loss = self.commitment_weight * F.mse_loss(rows_f, quantized_f.detach())
+        if not self.use_ema:
+            loss = loss + self.codebook_weight * F.mse_loss(quantized_f, rows_f.detach())
+        counts = self._batch_counts(indices)
+        if self.training:
+            self._update_codebooks(rows.detach(), indices, counts)
+        out = _StraightThrough.apply(rows, quantized)
+        stats = self._stats(counts)
+        return QuantizerOutput(self._from_rows(out, z.shape), indices.reshape(self._index_shape(z.shape)), loss,
+                               stats)
+
+    def _batch_counts(self, indices: torch.Tensor) -> torch.Tensor:
+        """Assignments per code in this batch, (S, K) float32."""
+        counts = torch.zeros(self.num_subspaces, self.codebook_size, device=indices.device)
+        return counts.scatter_add_(1, indices.t(), torch.ones(indices.t().shape, device=indices.device))
+
+    def _stats(self, counts: torch.Tensor) -> QuantizerStats:
+        with torch.no_grad():
+            probs = counts / counts.sum(-1, keepdim=True)
+            entropy = -(probs * torch.log(probs.clamp_min(1e-12))).sum(-1)
+            usage = (counts > 0).float().mean(-1)
+            dead = (self.cluster_size < max(self.dead_code_threshold, 1e-3)).sum(-1).float()
+        return QuantizerStats(entropy.exp(), usage, dead)
+
+    @torch.no_grad()
+    def _update_codebooks(self, rows: torch.Tensor, indices: torch.Tensor, counts: torch.Tensor) -> None:
+        """EMA codebook step (EMA mode) or usage tracking (gradient mode), then dead-code re-seeding."""
+        decay = self.ema_decay if self.use_ema else 0.99
+        if self.use_ema and not _distributed():
+            pqgan_kernels.pq_ema_update(rows, indices, self.codebooks, self.cluster_size, self.embed_sum,
+                                        decay, self.eps, backend=self.backend)
+        elif self.use_ema:
+            counts, sums = pqgan_kernels.pq_ema_stats(rows, indices, self.codebook_size, backend=self.backend)
+            dist.all_reduce(counts)
+            dist.all_reduce(sums)
+            pqgan_kernels.pq_ema_apply_(self.codebooks, self.cluster_size, self.embed_sum, counts, sums,
+                                        decay, self.eps)
+        else:
+            if _distributed():
+                counts = counts.clone()
+                dist.all_reduce(counts)
+            self.cluster_size.mul_(decay).add_(counts, alpha=1.0 - decay)
+        if self.dead_code_threshold > 0:
+            self._reseed_dead_codes(rows)
+
+    @torch.no_grad()
+    def _reseed_dead_codes(self, rows: torch.Tensor) -> None:
+        """Replace codes with EMA usage < threshold by random current inputs, all subspaces at once, no host sync."""
+        S, K, d = self.codebooks.shape
+        dead = (self.cluster_size < self.dead_code_threshold).unsqueeze(-1)  # (S, K, 1)
+        picks = torch.randint(rows.shape[0], (S, K), device=rows.device)
+        fresh = rows.reshape(-1, S, d)[picks, torch.arange(S, device=rows.device)[:, None]]  # (S, K, d)
+        fresh = fresh.to(self.codebooks.dtype)
+        if _distributed():
+            dist.broadcast(fresh, src=0)
+        self.codebooks.data.copy_(torch.where(dead, fresh, self.codebooks))
+        self.cluster_size.copy_(torch.where(dead.squeeze(-1), torch.full_like(self.cluster_size,
+                                                                               self.dead_code_threshold),
+                                            self.cluster_size))
+        if self.use_ema:
+            self.embed_sum.copy_(torch.where(dead, fresh * self.cluster_size.unsqueeze(-1), self.embed_sum))
+
+    @torch.no_grad()
+    def _init_codebooks(self, rows: torch.Tensor) -> None:
+        """k-means++ on the first training batch (rank 0's result everywhere under DDP)."""
+        centres = kmeans(rows, self.num_subspaces, self.codebook_size, distance=self.distance,
+                         backend=self.backend).to(self.codebooks.dtype)
+        if _distributed():
+            dist.broadcast(centres, src=0)
+        self.codebooks.data.copy_(centres)
+        if self.use_ema:
+            self.embed_sum.copy_(centres * self.cluster_size.unsqueeze(-1))
+        self.initted.fill_(True)
+
+    # --- codes -------------------------------------------------------------------------------------------------
+
+    @torch.no_grad()
+    def encode(self, z: torch.Tensor) -> torch.Tensor:
+        """Latents (B, D, *spatial) or (..., D) -> indices (B, *spatial, S) or (..., S), int64."""
+        rows = self._to_rows(z)
+        _, indices = pqgan_kernels.pq_assign(rows, self.codebooks, distance=self.distance, backend=self.backend)
+        return indices.reshape(self._index_shape(z.shape))
+
+    def decode(self, indices: torch.Tensor) -> torch.Tensor:
+        """Indices (B, *spatial, S) or (..., S) -> latents (B, D, *spatial) or (..., D)."""
+        validate.check_index("indices", indices)
+        if indices.dim() < 1 or indices.shape[-1] != self.num_subspaces:
+            raise ValueError(f"indices must end with S={self.num_subspaces}, got shape {tuple(indices.shape)}")
+        if indices.numel() == 0:
+            raise ValueError(f"empty batch: indices of shape {tuple(indices.shape)}")
+        rows = pqgan_kernels.pq_lookup(self.codebooks, indices.reshape(-1, self.num_subspaces))
+        lead = indices.shape[:-1]
+        rows = rows.reshape(*lead, self.dim)
+        return rows if self.channel_last else rows.movedim(-1, 1)
+
+    def pack(self, indices: torch.Tensor) -> torch.Tensor:
+        """(..., S) indices -> (..., ceil(S*ceil(log2 K)/8)) uint8."""
+        validate.check_index("indices", indices)
+        if indices.shape[-1] != self.num_subspaces:
+            raise ValueError(f"indices must end with S={self.num_subspaces}, got shape {tuple(indices.shape)}")
+        validate.check_index_range("indices", indices, self.codebook_size)
+        return pack_indices(indices, self.codebook_size)
+
+    def unpack(self, packed: torch.Tensor) -> torch.Tensor:
+        """Inverse of ``pack``: (..., nbytes) uint8 -> (..., S) int64."""
+        return unpack_indices(packed, self.num_subspaces, self.codebook_size)

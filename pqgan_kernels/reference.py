@@ -1,0 +1,151 @@
+"""The naive PyTorch oracle for product quantisation.
+
+Plain PyTorch, any float dtype (float64 included), written to be obviously right rather than fast. Every fast
+kernel in this package is tested against these functions.
+
+Conventions (shared by every backend):
+    x          (N, S*d)  float; subspace s is the contiguous slice ``x[:, s*d:(s+1)*d]``.
+    codebooks  (S, K, d) float; codebook s holds the K codewords of subspace s.
+    indices    (N, S)    int64; ``indices[n, s]`` is the nearest codeword of row n in subspace s.
+    quantized  (N, S*d)  dtype of ``x``; ``quantized[n, s*d:(s+1)*d] = codebooks[s, indices[n, s]]``.
+
+Distances are computed in float64 when x or codebooks is float64 and in float32 otherwise (fp16/bf16 inputs are
+up-cast first). Ties resolve to the lowest index (``torch.argmin`` returns the first minimum).
+
+``distance="l2"`` picks the smallest squared Euclidean distance, computed as a sum of squared differences (not the
+``|x|^2 - 2x.c + |c|^2`` expansion, which cancels catastrophically). ``distance="cosine"`` picks the largest cosine
+similarity; zero vectors have similarity 0 to everything; the returned codewords are the unnormalised ones.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+DISTANCES = ("l2", "cosine")
+
+# Rows per chunk are chosen so the (rows, S, K, d) difference tensor stays below this many elements.
+_CHUNK_ELEMENTS = 1 << 24
+
+
+def compute_dtype(*tensors: torch.Tensor) -> torch.dtype:
+    """float64 if any input is float64, else float32: the precision distances are accumulated in."""
+    return torch.float64 if any(t.dtype == torch.float64 for t in tensors) else torch.float32
+
+
+def pq_lookup(codebooks: torch.Tensor, indices: torch.Tensor) -> torch.Tensor:
+    """Gather codewords: codebooks (S, K, d), indices (N, S) -> (N, S*d) in the codebooks' dtype."""
+    S, _, d = codebooks.shape
+    subspace = torch.arange(S, device=indices.device)
+    return codebooks[subspace, indices].reshape(indices.shape[0], S * d)
+
+
+def pq_assign(x: torch.Tensor, codebooks: torch.Tensor, distance: str = "l2") -> tuple[torch.Tensor, torch.Tensor]:
+    """Nearest codeword per subspace.
+
+    x (N, S*d), codebooks (S, K, d) -> (quantized (N, S*d) in x.dtype, indices (N, S) int64).
+    """
+    if distance not in DISTANCES:
+        raise ValueError(f"distance must be one of {DISTANCES}, got {distance!r}")
+    N = x.shape[0]
+    S, K, d = codebooks.shape
+    dtype = compute_dtype(x, codebooks)
+    xs = x.to(dtype).reshape(N, S, d)
+    cb = codebooks.to(dtype)
+    if distance == "cosine":
+        xs = F.normalize(xs, dim=-1)
+        cb = F.normalize(cb, dim=-1)
+    indices = torch.empty(N, S, dtype=torch.int64, device=x.device)
+    rows = max(1, _CHUNK_ELEMENTS // max(1, S * K * d))
+    for start in range(0, N, rows):
+        chunk = xs[start:start + rows]  # (n, S, d)
+        if distance == "l2":
+            score = (chunk[:, :, None, :] - cb[None]).square().sum(-1)  # (n, S, K)
+        else:
+            score = -(chunk[:, :, None, :] * cb[None]).sum(-1)
+        indices[start:start + rows] = score.argmin(-1)
+    return pq_lookup(codebooks, indices).to(x.dtype), indices
+
+
+def pq_distances(x: torch.Tensor, codebooks: torch.Tensor, indices: torch.Tensor,
+                 distance: str = "l2") -> torch.Tensor:
+    """The distance (l2: squared L2; cosine: 1 - cosine similarity) of each row to the chosen codewords, in float64.
+
+    x (N, S*d), codebooks (S, K, d), indices (N, S) -> (N, S). Used by tests to judge near-ties.
+    """
+    N = x.shape[0]
+    S, _, d = codebooks.shape
+    xs = x.double().reshape(N, S, d)
+    chosen = pq_lookup(codebooks.double(), indices).reshape(N, S, d)
+    if distance == "l2":
+        return (xs - chosen).square().sum(-1)
+    return 1.0 - (F.normalize(xs, dim=-1) * F.normalize(chosen, dim=-1)).sum(-1)
+
+
+def pq_codebook_grad(grad_quantized: torch.Tensor, indices: torch.Tensor, num_codes: int) -> torch.Tensor:
+    """Gradient of ``quantized = lookup(codebooks, indices)`` w.r.t. the codebooks: a scatter-add per code.
+
+    grad_quantized (N, S*d), indices (N, S) -> (S, K, d) in ``compute_dtype(grad_quantized)``.
+    """
+    N, S = indices.shape
+    d = grad_quantized.shape[1] // S
+    dtype = compute_dtype(grad_quantized)
+    grad = torch.zeros(S * num_codes, d, dtype=dtype, device=grad_quantized.device)
+    flat_codes = (indices.long() + torch.arange(S, device=indices.device) * num_codes).reshape(-1)
+    grad.index_add_(0, flat_codes, grad_quantized.to(dtype).reshape(N * S, d))
+    return grad.reshape(S, num_codes, d)
+
+
+def pq_ema_stats(x: torch.Tensor, indices: torch.Tensor, num_codes: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-code assignment counts and sums of the assigned sub-vectors.
+
+    x (N, S*d), indices (N, S) -> (counts (S, K), sums (S, K, d)), both in ``compute_dtype(x)``.
+    """
+    N, S = indices.shape
+    dtype = compute_dtype(x)
+    counts = torch.zeros(S, num_codes, dtype=dtype, device=x.device)
+    counts.scatter_add_(1, indices.long().t(), torch.ones(S, N, dtype=dtype, device=x.device))
+    sums = pq_codebook_grad(x, indices, num_codes)  # the same scatter-add, of x instead of a gradient
+    return counts, sums
+
+
+def pq_ema_apply_(codebooks: torch.Tensor, cluster_size: torch.Tensor, embed_sum: torch.Tensor,
+                  counts: torch.Tensor, sums: torch.Tensor, decay: float, eps: float) -> None:
+    """Laplace-smoothed EMA step from batch statistics, in place.
+
+    cluster_size <- decay*cluster_size + (1-decay)*counts        (S, K)
+    embed_sum    <- decay*embed_sum    + (1-decay)*sums          (S, K, d)
+    n  = cluster_size.sum(-1);  cs = (cluster_size + eps) / (n + K*eps) * n
+    codebooks    <- embed_sum / cs                               (S, K, d)
+    """
+    K = cluster_size.shape[1]
+    cluster_size.mul_(decay).add_(counts.to(cluster_size.dtype), alpha=1.0 - decay)
+    embed_sum.mul_(decay).add_(sums.to(embed_sum.dtype), alpha=1.0 - decay)
+    n = cluster_size.sum(-1, keepdim=True)
+    smoothed = (cluster_size + eps) / (n + K * eps) * n
+    codebooks.copy_(embed_sum / smoothed.unsqueeze(-1).to(embed_sum.dtype))
+
+
+def pq_ema_update(x: torch.Tensor, indices: torch.Tensor, codebooks: torch.Tensor, cluster_size: torch.Tensor,
+                  embed_sum: torch.Tensor, decay: float, eps: float) -> None:
+    """One EMA codebook update from a batch, in place (see ``pq_ema_apply_``).
+
+    x (N, S*d), indices (N, S), codebooks (S, K, d), cluster_size (S, K), embed_sum (S, K, d).
+    """
+    counts, sums = pq_ema_stats(x, indices, codebooks.shape[1])
+    pq_ema_apply_(codebooks, cluster_size, embed_sum, counts, sums, decay, eps)
+
+
+def pq_assign_naive(x: torch.Tensor, codebooks: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The way public PQ/VQ code does it: the full (N, S, K) distance tensor via |x|^2 - 2 x.c + |c|^2.
+
+    Not the oracle (the expansion rounds differently); this is the baseline the benchmarks compare against.
+    x (N, S*d), codebooks (S, K, d) -> (quantized (N, S*d), indices (N, S)).
+    """
+    N = x.shape[0]
+    S, K, d = codebooks.shape
+    xs = x.reshape(N, S, d)
+    dist = (xs.square().sum(-1, keepdim=True)
+            - 2 * torch.einsum("nsd,skd->nsk", xs, codebooks.to(x.dtype))
+            + codebooks.to(x.dtype).square().sum(-1)[None])
+    indices = dist.argmin(-1)
+    return pq_lookup(codebooks, indices).to(x.dtype), indices

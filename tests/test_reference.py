@@ -1,0 +1,98 @@
+"""The oracle itself, against an independent float64 brute force (a Python loop over subspaces and codes)."""
+import itertools
+
+import pytest
+import torch
+
+from pqgan_kernels import reference
+
+from kernel_checks import random_case
+
+
+def brute_force(x, cb, distance):
+    N = x.shape[0]
+    S, K, d = cb.shape
+    idx = torch.zeros(N, S, dtype=torch.int64)
+    for s in range(S):
+        xs = x[:, s * d:(s + 1) * d].double()
+        best = torch.full((N,), float("inf"), dtype=torch.float64)
+        for k in range(K):
+            c = cb[s, k].double()
+            if distance == "l2":
+                score = ((xs - c) ** 2).sum(1)
+            else:
+                score = -(xs @ c) / (xs.norm(dim=1).clamp_min(1e-12) * c.norm().clamp_min(1e-12))
+            better = score < best  # strict: the first (lowest) index wins ties
+            best = torch.where(better, score, best)
+            idx[:, s] = torch.where(better, torch.full_like(idx[:, s], k), idx[:, s])
+    return idx
+
+
+@pytest.mark.parametrize("S,d,K", [(1, 16, 37), (4, 1, 5), (7, 2, 13), (3, 3, 64), (2, 4, 100), (5, 8, 9),
+                                   (2, 16, 33), (1, 32, 17), (64, 2, 12)])
+@pytest.mark.parametrize("distance", ["l2", "cosine"])
+def test_oracle_matches_brute_force(S, d, K, distance):
+    x, cb = random_case(23, S, d, K, dtype=torch.float64, seed=S * 100 + d * 10 + K)
+    q, idx = reference.pq_assign(x, cb, distance)
+    assert torch.equal(idx, brute_force(x, cb, distance))
+    assert torch.equal(q, reference.pq_lookup(cb, idx))
+
+
+@pytest.mark.parametrize("distance", ["l2", "cosine"])
+def test_ties_pick_lowest_index(distance):
+    x, cb = random_case(50, 4, 2, 9, dtype=torch.float64, integer=True)
+    cb[:, 6] = cb[:, 1]  # exact duplicate codewords: index 1 must win
+    _, idx = reference.pq_assign(x, cb, distance)
+    assert torch.equal(idx, brute_force(x, cb, distance))
+    assert not (idx == 6).any()
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32])
+def test_low_precision_inputs_return_input_dtype(dtype):
+    x, cb = random_case(31, 4, 4, 19, dtype=dtype)
+    q, idx = reference.pq_assign(x, cb)
+    assert q.dtype == dtype and idx.dtype == torch.int64
+    assert torch.equal(idx, brute_force(x.float(), cb.float(), "l2"))
+
+
+def test_naive_baseline_agrees_with_oracle_away_from_ties():
+    x, cb = random_case(200, 8, 4, 64, dtype=torch.float64)
+    assert torch.equal(reference.pq_assign_naive(x, cb)[1], reference.pq_assign(x, cb)[1])
+
+
+def test_codebook_grad_is_scatter_add():
+    x, cb = random_case(40, 3, 2, 5, dtype=torch.float64)
+    _, idx = reference.pq_assign(x, cb)
+    g = torch.randn(40, 6, dtype=torch.float64)
+    expected = torch.zeros(3, 5, 2, dtype=torch.float64)
+    for n, s in itertools.product(range(40), range(3)):
+        expected[s, idx[n, s]] += g[n, s * 2:(s + 1) * 2]
+    assert torch.allclose(reference.pq_codebook_grad(g, idx, 5), expected, rtol=0, atol=1e-12)
+
+
+def test_ema_update_hand_computed():
+    # S=1, K=2, d=1: rows 1.0 and 3.0 go to code 0, row 10.0 goes to code 1.
+    x = torch.tensor([[1.0], [3.0], [10.0]], dtype=torch.float64)
+    idx = torch.tensor([[0], [0], [1]])
+    cb = torch.zeros(1, 2, 1, dtype=torch.float64)
+    cluster = torch.tensor([[1.0, 1.0]], dtype=torch.float64)
+    embed = torch.tensor([[[0.0], [2.0]]], dtype=torch.float64)
+    decay, eps = 0.5, 0.1
+    reference.pq_ema_update(x, idx, cb, cluster, embed, decay, eps)
+    # cluster = 0.5*[1,1] + 0.5*[2,1] = [1.5, 1.0]; embed = 0.5*[0,2] + 0.5*[4,10] = [2, 6]
+    assert torch.allclose(cluster, torch.tensor([[1.5, 1.0]], dtype=torch.float64))
+    assert torch.allclose(embed, torch.tensor([[[2.0], [6.0]]], dtype=torch.float64))
+    n = 2.5
+    cs = (torch.tensor([1.5, 1.0]) + eps) / (n + 2 * eps) * n
+    assert torch.allclose(cb.flatten(), torch.tensor([2.0, 6.0], dtype=torch.float64) / cs.double())
+
+
+def test_ema_stats_counts_and_sums():
+    x, cb = random_case(64, 4, 3, 7, dtype=torch.float64)
+    _, idx = reference.pq_assign(x, cb)
+    counts, sums = reference.pq_ema_stats(x, idx, 7)
+    for s in range(4):
+        for k in range(7):
+            mask = idx[:, s] == k
+            assert counts[s, k] == mask.sum()
+            assert torch.allclose(sums[s, k], x[mask, s * 3:(s + 1) * 3].sum(0))
