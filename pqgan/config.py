@@ -1,0 +1,306 @@
+"""Configuration dataclasses for PQGAN models, losses and training, with YAML loading and CLI-style overrides.
+
+    >>> cfg = load_config("tiny_f8_pq")                       # pqgan/configs/tiny_f8_pq.yaml
+    >>> cfg = apply_overrides(cfg, ["model.codebook_size=256", "train.steps=10"])
+    >>> Config.from_dict(cfg.to_dict()) == cfg
+    True
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional, Union
+
+import yaml
+
+CONFIG_DIR = Path(__file__).resolve().parent / "configs"
+
+DISTANCES = ("l2", "cosine")
+PERCEPTUAL = ("auto", "lpips", "stlpips", "none")
+DISC_LOSSES = ("hinge", "vanilla")
+
+
+@dataclass
+class ModelConfig:
+    """Autoencoder + quantiser. The latent grid is resolution / 2**(len(ch_mult) - 1) on a side.
+
+    embed_dim is D, num_subspaces is S (d = D / S), codebook_size is K. attn_resolutions lists the feature-map
+    sides (in pixels of the feature map) at which an attention block follows each ResnetBlock.
+    ema_decay=None trains the codebooks by gradient (the paper); a float switches to EMA updates.
+    """
+    resolution: int = 256
+    in_channels: int = 3
+    out_channels: int = 3
+    ch: int = 128
+    ch_mult: tuple[int, ...] = (1, 2, 2, 4)
+    num_res_blocks: int = 2
+    attn_resolutions: tuple[int, ...] = (32,)
+    z_channels: int = 256
+    embed_dim: int = 128
+    num_subspaces: int = 64
+    codebook_size: int = 512
+    dropout: float = 0.0
+    double_z: bool = False
+    ema_decay: Optional[float] = None
+    commitment_weight: float = 1.0
+    codebook_weight: float = 0.25
+    kmeans_init: bool = False
+    dead_code_threshold: float = 0.0
+    distance: str = "l2"
+    backend: str = "auto"
+
+    def __post_init__(self) -> None:
+        self.ch_mult = tuple(int(m) for m in self.ch_mult)
+        self.attn_resolutions = tuple(int(r) for r in self.attn_resolutions)
+        for name in ("resolution", "in_channels", "out_channels", "ch", "z_channels", "embed_dim",
+                     "num_subspaces", "codebook_size"):
+            if int(getattr(self, name)) < 1:
+                raise ValueError(f"model.{name} must be >= 1, got {getattr(self, name)}")
+        if self.num_res_blocks < 0:
+            raise ValueError(f"model.num_res_blocks must be >= 0, got {self.num_res_blocks}")
+        if not self.ch_mult or min(self.ch_mult) < 1:
+            raise ValueError(f"model.ch_mult must be a non-empty list of positive ints, got {self.ch_mult}")
+        if self.embed_dim % self.num_subspaces:
+            raise ValueError(f"model.embed_dim ({self.embed_dim}) must be divisible by model.num_subspaces "
+                             f"({self.num_subspaces})")
+        if self.resolution % self.downsample_factor:
+            raise ValueError(f"model.resolution ({self.resolution}) must be divisible by the downsampling factor "
+                             f"{self.downsample_factor}")
+        if self.distance not in DISTANCES:
+            raise ValueError(f"model.distance must be one of {DISTANCES}, got {self.distance!r}")
+        if self.ema_decay is not None and not 0.0 <= self.ema_decay < 1.0:
+            raise ValueError(f"model.ema_decay must be null or in [0, 1), got {self.ema_decay}")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"model.dropout must be in [0, 1), got {self.dropout}")
+
+    @property
+    def downsample_factor(self) -> int:
+        """F: pixels per latent position on a side (8 for ch_mult of length 4)."""
+        return 2 ** (len(self.ch_mult) - 1)
+
+    @property
+    def subspace_dim(self) -> int:
+        return self.embed_dim // self.num_subspaces
+
+    def latent_size(self, resolution: Optional[int] = None) -> int:
+        return (resolution or self.resolution) // self.downsample_factor
+
+
+@dataclass
+class LossConfig:
+    """L1 + perceptual + GAN (PatchGAN discriminator, adaptive weight) + quantiser loss.
+
+    perceptual: "auto" (LPIPS if its weights are cached locally, else ST-LPIPS), "lpips", "stlpips" or "none".
+    disc_start: first training step at which the GAN terms are on.
+    """
+    l1_weight: float = 1.0
+    perceptual_weight: float = 1.0
+    perceptual: str = "auto"
+    disc_weight: float = 0.75
+    disc_start: int = 0
+    disc_ndf: int = 64
+    disc_layers: int = 3
+    disc_loss: str = "hinge"
+    disc_factor: float = 1.0
+    adaptive_weight_max: float = 1e4
+    codebook_loss_weight: float = 1.0
+
+    def __post_init__(self) -> None:
+        if self.perceptual not in PERCEPTUAL:
+            raise ValueError(f"loss.perceptual must be one of {PERCEPTUAL}, got {self.perceptual!r}")
+        if self.disc_loss not in DISC_LOSSES:
+            raise ValueError(f"loss.disc_loss must be one of {DISC_LOSSES}, got {self.disc_loss!r}")
+        if self.disc_layers < 1 or self.disc_ndf < 1:
+            raise ValueError(f"loss.disc_layers and loss.disc_ndf must be >= 1, got {self.disc_layers}, "
+                             f"{self.disc_ndf}")
+        if self.adaptive_weight_max < 0:
+            raise ValueError(f"loss.adaptive_weight_max must be >= 0, got {self.adaptive_weight_max}")
+
+
+@dataclass
+class TrainConfig:
+    """Optimisation and logging. lr=None means base_lr * batch_size (taming's scaling, base_lr 4.5e-6)."""
+    batch_size: int = 8
+    lr: Optional[float] = None
+    base_lr: float = 4.5e-6
+    betas: tuple[float, float] = (0.5, 0.9)
+    weight_decay: float = 0.0
+    steps: int = 100_000
+    resolution: int = 256
+    num_workers: int = 4
+    log_every: int = 50
+    sample_every: int = 1000
+    ckpt_every: int = 5000
+    seed: int = 0
+    bf16: bool = False
+    data_root: Optional[str] = None
+    val_fraction: float = 0.1
+
+    def __post_init__(self) -> None:
+        self.betas = tuple(float(b) for b in self.betas)
+        if len(self.betas) != 2:
+            raise ValueError(f"train.betas must have 2 entries, got {self.betas}")
+        if self.batch_size < 1 or self.steps < 0 or self.resolution < 1:
+            raise ValueError(f"train.batch_size/resolution must be >= 1 and steps >= 0, got {self.batch_size}, "
+                             f"{self.resolution}, {self.steps}")
+
+    @property
+    def learning_rate(self) -> float:
+        return float(self.lr) if self.lr is not None else self.base_lr * self.batch_size
+
+
+@dataclass
+class Config:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    name: str = "custom"
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain nested dict (tuples as lists): YAML/JSON-safe."""
+        return _plain(dataclasses.asdict(self))
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "Config":
+        """Inverse of ``to_dict``; missing keys take defaults, unknown keys raise ValueError."""
+        if not isinstance(data, dict):
+            raise TypeError(f"config must be a mapping, got {type(data).__name__}")
+        unknown = set(data) - {"model", "loss", "train", "name"}
+        if unknown:
+            raise ValueError(f"unknown config sections: {sorted(unknown)}")
+        return cls(model=_build(ModelConfig, data.get("model") or {}, "model"),
+                   loss=_build(LossConfig, data.get("loss") or {}, "loss"),
+                   train=_build(TrainConfig, data.get("train") or {}, "train"),
+                   name=str(data.get("name", "custom")))
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.to_dict(), sort_keys=False)
+
+
+def _plain(obj: Any) -> Any:
+    if isinstance(obj, dict):
+        return {k: _plain(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_plain(v) for v in obj]
+    return obj
+
+
+def _build(cls: type, data: dict[str, Any], section: str):
+    if not isinstance(data, dict):
+        raise TypeError(f"config section {section!r} must be a mapping, got {type(data).__name__}")
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = set(data) - names
+    if unknown:
+        raise ValueError(f"unknown keys in {section}: {sorted(unknown)} (known: {sorted(names)})")
+    hints = typing.get_type_hints(cls)
+    return cls(**{k: _coerce(v, hints[k], f"{section}.{k}") for k, v in data.items()})
+
+
+def _coerce(value: Any, hint: Any, key: str) -> Any:
+    """Convert an already-parsed value (YAML or override) to the annotated type, or raise TypeError."""
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin is Union:
+        if value is None and type(None) in args:
+            return None
+        inner = [a for a in args if a is not type(None)]
+        return _coerce(value, inner[0], key)
+    if origin is tuple:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            value = [value]
+        if not isinstance(value, (list, tuple)):
+            raise TypeError(f"{key} expects a list, got {value!r}")
+        elem = args[0] if args else Any
+        return tuple(_coerce(v, elem, key) for v in value)
+    if hint is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("true", "false", "yes", "no", "1", "0"):
+            return value.lower() in ("true", "yes", "1")
+        if isinstance(value, int) and value in (0, 1):
+            return bool(value)
+        raise TypeError(f"{key} expects a bool, got {value!r}")
+    if hint is int:
+        if isinstance(value, bool):
+            raise TypeError(f"{key} expects an int, got {value!r}")
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+        if isinstance(value, str):
+            try:
+                return int(float(value)) if float(value).is_integer() else int(value)
+            except ValueError:
+                raise TypeError(f"{key} expects an int, got {value!r}") from None
+        if not isinstance(value, int):
+            raise TypeError(f"{key} expects an int, got {value!r}")
+        return value
+    if hint is float:
+        if isinstance(value, bool):
+            raise TypeError(f"{key} expects a float, got {value!r}")
+        try:
+            return float(value)
+        except (TypeError, ValueError):
+            raise TypeError(f"{key} expects a float, got {value!r}") from None
+    if hint is str:
+        if value is None or isinstance(value, (dict, list)):
+            raise TypeError(f"{key} expects a string, got {value!r}")
+        return str(value)
+    return value
+
+
+def config_path(name_or_path: Union[str, os.PathLike]) -> Path:
+    """A path to a YAML file, or a bare name resolved to ``pqgan/configs/<name>.yaml``."""
+    path = Path(name_or_path)
+    if path.suffix in (".yaml", ".yml") or path.exists() or os.sep in str(name_or_path):
+        if not path.is_file():
+            raise FileNotFoundError(f"config file not found: {path}")
+        return path
+    candidate = CONFIG_DIR / f"{name_or_path}.yaml"
+    if not candidate.is_file():
+        raise FileNotFoundError(f"no config named {name_or_path!r}; available: {', '.join(available_configs())}")
+    return candidate
+
+
+def available_configs() -> list[str]:
+    return sorted(p.stem for p in CONFIG_DIR.glob("*.yaml"))
+
+
+def load_config(name_or_path: Union[str, os.PathLike]) -> Config:
+    """Load a Config from ``pqgan/configs/<name>.yaml`` or a YAML path; ``name`` defaults to the file stem."""
+    path = config_path(name_or_path)
+    with open(path) as f:
+        data = yaml.safe_load(f) or {}
+    data.setdefault("name", path.stem)
+    return Config.from_dict(data)
+
+
+def save_config(config: Config, path: Union[str, os.PathLike]) -> None:
+    Path(path).write_text(config.to_yaml())
+
+
+def apply_overrides(config: Config, overrides: list[str]) -> Config:
+    """Return a new Config with ``section.key=value`` overrides applied (values parsed as YAML, then coerced to
+    the field's type: ``model.ch_mult=[1,2,4]``, ``model.ema_decay=null``, ``train.bf16=true``, ``name=x``)."""
+    data = config.to_dict()
+    for item in overrides:
+        if "=" not in item:
+            raise ValueError(f"override must look like section.key=value, got {item!r}")
+        key, raw = item.split("=", 1)
+        key = key.strip()
+        value = yaml.safe_load(raw) if raw.strip() else ""
+        if key == "name":
+            data["name"] = str(raw)
+            continue
+        parts = key.split(".")
+        if len(parts) != 2 or parts[0] not in ("model", "loss", "train"):
+            raise ValueError(f"override key must be model.<k>, loss.<k>, train.<k> or name, got {key!r}")
+        section, field_name = parts
+        if field_name not in data[section]:
+            raise ValueError(f"unknown key {key!r}; known: {sorted(data[section])}")
+        data[section][field_name] = value
+    return Config.from_dict(data)
+
+
+__all__ = ["Config", "ModelConfig", "LossConfig", "TrainConfig", "load_config", "save_config", "apply_overrides",
+           "available_configs", "config_path", "CONFIG_DIR"]

@@ -1,0 +1,125 @@
+"""PQGAN: a VQGAN-style autoencoder whose bottleneck is a ``ProductQuantizer``.
+
+Images are (B, C, R, R) in [-1, 1]. With F = 2**(len(ch_mult) - 1) and h = w = R / F:
+
+    encode_to_latent(img) -> z   (B, D, h, w)   continuous, after quant_conv
+    quantize(z)           -> QuantizerOutput(quantized (B, D, h, w), indices (B, h, w, S), loss, stats)
+    decode_latent(zq)     -> img (B, C, R, R)   via post_quant_conv and the decoder
+    encode(img)           -> indices (B, h, w, S) int64
+    decode_indices(idx)   -> img
+    forward(img)          -> (recon, QuantizerOutput)
+
+VQ (S = 1) and scalar quantisation (d = D / S = 1) are the same class with other config numbers.
+"""
+from __future__ import annotations
+
+import contextlib
+from typing import Any, Union
+
+import torch
+from torch import nn
+
+from .config import ModelConfig
+from .modules import Decoder, Encoder
+from .quantizer import ProductQuantizer, QuantizerOutput
+
+
+class PQGAN(nn.Module):
+    """Encoder -> 1x1 quant_conv -> ProductQuantizer -> 1x1 post_quant_conv -> Decoder."""
+
+    def __init__(self, config: Union[ModelConfig, dict[str, Any]]):
+        super().__init__()
+        if isinstance(config, dict):
+            config = ModelConfig(**config)
+        if not isinstance(config, ModelConfig):
+            raise TypeError(f"config must be a ModelConfig or a dict, got {type(config).__name__}")
+        self.config = config
+        c = config
+        self.encoder = Encoder(ch=c.ch, ch_mult=c.ch_mult, num_res_blocks=c.num_res_blocks,
+                               attn_resolutions=c.attn_resolutions, in_channels=c.in_channels,
+                               resolution=c.resolution, z_channels=c.z_channels, dropout=c.dropout,
+                               double_z=c.double_z)
+        self.decoder = Decoder(ch=c.ch, ch_mult=c.ch_mult, num_res_blocks=c.num_res_blocks,
+                               attn_resolutions=c.attn_resolutions, out_channels=c.out_channels,
+                               resolution=c.resolution, z_channels=c.z_channels, dropout=c.dropout)
+        self.quant_conv = nn.Conv2d(c.z_channels * (2 if c.double_z else 1), c.embed_dim, 1)
+        self.post_quant_conv = nn.Conv2d(c.embed_dim, c.z_channels, 1)
+        self.quantizer = ProductQuantizer(c.embed_dim, c.num_subspaces, c.codebook_size, ema_decay=c.ema_decay,
+                                          commitment_weight=c.commitment_weight, codebook_weight=c.codebook_weight,
+                                          distance=c.distance, kmeans_init=c.kmeans_init,
+                                          dead_code_threshold=c.dead_code_threshold, backend=c.backend)
+
+    @classmethod
+    def from_config(cls, config: Union[ModelConfig, dict[str, Any], str]) -> "PQGAN":
+        """From a ModelConfig, a dict of its fields, or a config name / YAML path (its ``model`` section)."""
+        if isinstance(config, str):
+            from .config import load_config
+            config = load_config(config).model
+        return cls(config)
+
+    @property
+    def downsample_factor(self) -> int:
+        return self.config.downsample_factor
+
+    @property
+    def last_layer(self) -> torch.Tensor:
+        """The decoder's final conv weight: the adaptive GAN weight compares gradient norms here."""
+        return self.decoder.conv_out.weight
+
+    def _check_image(self, img: torch.Tensor) -> None:
+        if not isinstance(img, torch.Tensor):
+            raise TypeError(f"img must be a torch.Tensor, got {type(img).__name__}")
+        if not img.is_floating_point():
+            raise TypeError(f"img must be a floating tensor in [-1, 1], got dtype {img.dtype}")
+        f = self.downsample_factor
+        if img.dim() != 4 or img.shape[1] != self.config.in_channels:
+            raise ValueError(f"img must be (B, {self.config.in_channels}, H, W), got shape {tuple(img.shape)}")
+        if img.shape[0] == 0 or img.shape[2] % f or img.shape[3] % f or img.shape[2] == 0 or img.shape[3] == 0:
+            raise ValueError(f"img height and width must be positive multiples of {f}, got shape "
+                             f"{tuple(img.shape)}")
+
+    def encode_to_latent(self, img: torch.Tensor) -> torch.Tensor:
+        """(B, C, H, W) in [-1, 1] -> continuous pre-quantisation latents (B, D, H/F, W/F)."""
+        self._check_image(img)
+        return self.quant_conv(self.encoder(img))
+
+    def quantize(self, z: torch.Tensor) -> QuantizerOutput:
+        """Quantise (B, D, h, w) latents in float32 (outside any autocast region)."""
+        ctx = torch.autocast(z.device.type, enabled=False) if torch.is_autocast_enabled(z.device.type) \
+            else contextlib.nullcontext()
+        with ctx:
+            return self.quantizer(z.float())
+
+    def decode_latent(self, zq: torch.Tensor) -> torch.Tensor:
+        """(B, D, h, w) quantised latents -> (B, C, h*F, w*F) images."""
+        if zq.dim() != 4 or zq.shape[1] != self.config.embed_dim:
+            raise ValueError(f"latents must be (B, {self.config.embed_dim}, h, w), got shape {tuple(zq.shape)}")
+        return self.decoder(self.post_quant_conv(zq))
+
+    def forward(self, img: torch.Tensor) -> tuple[torch.Tensor, QuantizerOutput]:
+        q = self.quantize(self.encode_to_latent(img))
+        return self.decode_latent(q.quantized), q
+
+    @torch.no_grad()
+    def encode(self, img: torch.Tensor) -> torch.Tensor:
+        """(B, C, H, W) -> indices (B, H/F, W/F, S) int64."""
+        z = self.encode_to_latent(img)
+        return self.quantizer.encode(z.float())
+
+    def decode_indices(self, indices: torch.Tensor) -> torch.Tensor:
+        """Indices (B, h, w, S) -> images (B, C, h*F, w*F)."""
+        if indices.dim() != 4:
+            raise ValueError(f"indices must be (B, h, w, S={self.config.num_subspaces}), got shape "
+                             f"{tuple(indices.shape)}")
+        zq = self.quantizer.decode(indices)
+        return self.decode_latent(zq.to(self.post_quant_conv.weight.dtype))
+
+    def num_parameters(self, part: str = "all") -> int:
+        """Parameter count of "all", "encoder", "decoder" or "quantizer"."""
+        modules = {"all": self, "encoder": self.encoder, "decoder": self.decoder, "quantizer": self.quantizer}
+        if part not in modules:
+            raise ValueError(f"part must be one of {sorted(modules)}, got {part!r}")
+        return sum(p.numel() for p in modules[part].parameters())
+
+
+__all__ = ["PQGAN"]
