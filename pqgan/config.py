@@ -93,17 +93,21 @@ class ModelConfig:
 class LossConfig:
     """L1 + perceptual + GAN (PatchGAN discriminator, adaptive weight) + quantiser loss.
 
-    perceptual: "auto" (LPIPS if its weights are cached locally, else ST-LPIPS), "lpips", "stlpips" or "none".
-    disc_start: first training step at which the GAN terms are on.
+    perceptual: "auto" (LPIPS if its weights are cached locally, else ST-LPIPS), "lpips", "stlpips" or "none";
+    perceptual_net: its trunk, "vgg" (as in VQGAN) or "alex".
+    disc_start: first training step at which the GAN terms are on. disc_norm: "batch" or "act" (ActNorm).
+    disc_factor: multiplies the GAN terms once they are on.
     """
     l1_weight: float = 1.0
     perceptual_weight: float = 1.0
     perceptual: str = "auto"
+    perceptual_net: str = "vgg"
     disc_weight: float = 0.75
     disc_start: int = 0
     disc_ndf: int = 64
     disc_layers: int = 3
     disc_loss: str = "hinge"
+    disc_norm: str = "batch"
     disc_factor: float = 1.0
     adaptive_weight_max: float = 1e4
     codebook_loss_weight: float = 1.0
@@ -111,6 +115,10 @@ class LossConfig:
     def __post_init__(self) -> None:
         if self.perceptual not in PERCEPTUAL:
             raise ValueError(f"loss.perceptual must be one of {PERCEPTUAL}, got {self.perceptual!r}")
+        if self.perceptual_net not in ("vgg", "alex"):
+            raise ValueError(f"loss.perceptual_net must be 'vgg' or 'alex', got {self.perceptual_net!r}")
+        if self.disc_norm not in ("batch", "act"):
+            raise ValueError(f"loss.disc_norm must be 'batch' or 'act', got {self.disc_norm!r}")
         if self.disc_loss not in DISC_LOSSES:
             raise ValueError(f"loss.disc_loss must be one of {DISC_LOSSES}, got {self.disc_loss!r}")
         if self.disc_layers < 1 or self.disc_ndf < 1:
