@@ -1,0 +1,327 @@
+"""Triton kernels for the fused PQ assignment: distance + argmin + lookup, no (N, K) or (N, S, K) buffer.
+
+    assign(x (N, S*d), codebooks (S, K, d), distance) -> (quantized (N, S*d) x.dtype, indices (N, S) int64)
+
+Each program takes a block of BM rows and ONE subspace s, streams codebook s in tiles of BK codewords and keeps,
+per (row, tile column), the running best score and its index (strict ``<`` while K increases, so the earliest
+index survives); after the K loop one reduction per row takes the minimum and the smallest index reaching it
+(ties -> lowest index). Then the winner's codeword is gathered and ``quantized``/``indices`` are written once.
+
+Two kernels:
+  * ``d <= SMALL_D_MAX`` (the paper's d=2): CUDA-core arithmetic unrolled over d (d is a constexpr). l2 is the
+    sum of squared differences, the oracle's formula, with fp contraction off, so fp32 results are bit-identical
+    to ``reference.pq_assign`` for d <= 2 (for d > 2 the oracle's summation order may differ by an ulp).
+  * larger d: ``tl.dot`` of the x tile with the codebook tile: score = |c|^2 - 2 x.c (l2) or -x.c/|c| (cosine).
+    Mode "exact" (default) uses an fp32 ("ieee") dot; mode "fast" a tf32 (or bf16) dot. Both then re-check the
+    best R candidates per row (R = 2 exact, 4 fast) with the oracle's formula in fp32, so "fast" is wrong only
+    when the true winner is not among the R best approximate scores of its column winners
+    (``fast_path_mismatch`` measures how often).
+
+Distances are fp32 for fp16/bf16/fp32 inputs; fp64 inputs are not taken (``unsupported`` says so and dispatch
+routes them elsewhere).
+"""
+from __future__ import annotations
+
+import os
+
+import torch
+import triton
+import triton.language as tl
+
+INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
+SMALL_D_MAX = 8           # d <= this: CUDA-core kernel; above: tl.dot kernel
+MAX_BD = 128              # largest d chunk held at once by the dot kernel (bigger d loops over chunks)
+BIG_INDEX = tl.constexpr(2 ** 30)  # "no candidate" index inside the kernels
+MODES = ("exact", "fast")
+FAST_PRECISIONS = ("tf32", "bf16")
+RECHECK = {"exact": 2, "fast": 4}
+
+_mode = os.environ.get("PQGAN_TRITON_MODE", "exact")
+_fast_precision = os.environ.get("PQGAN_TRITON_FAST_PRECISION", "tf32")
+
+
+def set_mode(mode: str, precision: str | None = None) -> None:
+    """Mode of the dot kernel (d > SMALL_D_MAX) used by backend "triton": "exact" (fp32 dot) or "fast".
+
+    precision (fast mode only): "tf32" or "bf16" for the candidate search; candidates are re-checked in fp32.
+    """
+    global _mode, _fast_precision
+    if mode not in MODES:
+        raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+    if precision is not None:
+        if precision not in FAST_PRECISIONS:
+            raise ValueError(f"precision must be one of {FAST_PRECISIONS}, got {precision!r}")
+        _fast_precision = precision
+    _mode = mode
+
+
+def get_mode() -> tuple[str, str]:
+    """(mode, fast precision) currently used by backend "triton"."""
+    return _mode, _fast_precision
+
+
+# --- small d: CUDA-core kernel -----------------------------------------------------------------------------------
+
+@triton.jit
+def _assign_small_kernel(x_ptr, cb_ptr, q_ptr, idx_ptr, N, K, stride_x, stride_q, n_bucket,
+                         D: tl.constexpr, COSINE: tl.constexpr, BM: tl.constexpr, BK: tl.constexpr):
+    pid_m = tl.program_id(0)
+    s = tl.program_id(1)
+    rows = pid_m * BM + tl.arange(0, BM)
+    rmask = rows < N
+    rows64 = rows.to(tl.int64)
+    x_row = x_ptr + rows64 * stride_x + s * D
+    cb_s = cb_ptr + s.to(tl.int64) * K * D
+    cols = tl.arange(0, BK)
+
+    if COSINE:
+        xn = tl.zeros((BM,), tl.float32)
+        for j in tl.static_range(D):
+            xj = tl.load(x_row + j, mask=rmask, other=0.0).to(tl.float32)
+            xn += xj * xj
+        xnorm = tl.maximum(tl.sqrt_rn(xn), 1e-12)
+    run = tl.full((BM, BK), float("inf"), tl.float32)
+    run_idx = tl.full((BM, BK), BIG_INDEX, tl.int32)
+    for k0 in range(0, K, BK):
+        k = k0 + cols
+        kmask = k < K
+        if COSINE:  # the oracle's F.normalize of both sides, then the sum of products
+            cn = tl.zeros((BK,), tl.float32)
+            for j in tl.static_range(D):
+                c = tl.load(cb_s + k * D + j, mask=kmask, other=0.0).to(tl.float32)
+                cn += c * c
+            cnorm = tl.maximum(tl.sqrt_rn(cn), 1e-12)
+            dot = tl.zeros((BM, BK), tl.float32)
+            for j in tl.static_range(D):
+                xj = tl.load(x_row + j, mask=rmask, other=0.0).to(tl.float32)
+                c = tl.load(cb_s + k * D + j, mask=kmask, other=0.0).to(tl.float32)
+                dot += tl.div_rn(xj, xnorm)[:, None] * tl.div_rn(c, cnorm)[None, :]
+            score = -dot
+        else:
+            score = tl.zeros((BM, BK), tl.float32)
+            for j in tl.static_range(D):
+                xj = tl.load(x_row + j, mask=rmask, other=0.0).to(tl.float32)
+                c = tl.load(cb_s + k * D + j, mask=kmask, other=0.0).to(tl.float32)
+                diff = xj[:, None] - c[None, :]
+                score += diff * diff
+        score = tl.where(kmask[None, :], score, float("inf"))
+        better = score < run
+        run = tl.where(better, score, run)
+        run_idx = tl.where(better, k[None, :], run_idx)
+
+    best = tl.min(run, axis=1)
+    idx = tl.min(tl.where(run == best[:, None], run_idx, BIG_INDEX), axis=1)
+    idx = tl.where(idx >= K, 0, idx)  # every score was +inf (overflow): the oracle's argmin gives 0
+    tl.store(idx_ptr + rows64 * tl.num_programs(1) + s, idx.to(tl.int64), mask=rmask)
+    q_row = q_ptr + rows64 * stride_q + s * D
+    for j in tl.static_range(D):
+        c = tl.load(cb_s + idx * D + j, mask=rmask, other=0.0)
+        tl.store(q_row + j, c.to(q_ptr.dtype.element_ty), mask=rmask)
+
+
+# --- larger d: tl.dot kernel -------------------------------------------------------------------------------------
+
+@triton.jit
+def _assign_dot_kernel(x_ptr, cb_ptr, q_ptr, idx_ptr, approx_ptr, N, K, stride_x, stride_q, n_bucket,
+                       D: tl.constexpr, BD: tl.constexpr, COSINE: tl.constexpr, PRECISION: tl.constexpr,
+                       RECHECK_R: tl.constexpr, WRITE_APPROX: tl.constexpr, IS_INTERP: tl.constexpr,
+                       BM: tl.constexpr, BK: tl.constexpr):
+    NUM_DC: tl.constexpr = (D + BD - 1) // BD
+    pid_m = tl.program_id(0)
+    s = tl.program_id(1)
+    S = tl.num_programs(1)
+    rows = pid_m * BM + tl.arange(0, BM)
+    rmask = rows < N
+    rows64 = rows.to(tl.int64)
+    x_row = x_ptr + rows64 * stride_x + s * D
+    cb_s = cb_ptr + s.to(tl.int64) * K * D
+    cols = tl.arange(0, BK)
+    dj = tl.arange(0, BD)
+
+    if NUM_DC == 1:  # the whole sub-vector fits: load the x tile once
+        xt = tl.load(x_row[:, None] + dj[None, :], mask=rmask[:, None] & (dj[None, :] < D), other=0.0)
+        xt = xt.to(tl.float32)
+        if PRECISION == "bf16":
+            xt = xt.to(tl.bfloat16)
+            if IS_INTERP:
+                xt = xt.to(tl.float32)
+
+    run = tl.full((BM, BK), float("inf"), tl.float32)
+    run_idx = tl.full((BM, BK), BIG_INDEX, tl.int32)
+    for k0 in range(0, K, BK):
+        k = k0 + cols
+        kmask = k < K
+        acc = tl.zeros((BM, BK), tl.float32)
+        cn = tl.zeros((BK,), tl.float32)
+        for dc in tl.static_range(NUM_DC):
+            dd = dc * BD + dj
+            dmask = dd < D
+            ct = tl.load(cb_s + k[None, :] * D + dd[:, None], mask=dmask[:, None] & kmask[None, :], other=0.0)
+            ct = ct.to(tl.float32)  # (BD, BK)
+            cn += tl.sum(ct * ct, axis=0)
+            if NUM_DC != 1:
+                xt = tl.load(x_row[:, None] + dd[None, :], mask=rmask[:, None] & dmask[None, :], other=0.0)
+                xt = xt.to(tl.float32)
+                if PRECISION == "bf16":
+                    xt = xt.to(tl.bfloat16)
+                    if IS_INTERP:
+                        xt = xt.to(tl.float32)
+            if PRECISION == "bf16":
+                ct = ct.to(tl.bfloat16)
+                if IS_INTERP:
+                    ct = ct.to(tl.float32)
+                acc = tl.dot(xt, ct, acc, out_dtype=tl.float32)
+            elif PRECISION == "tf32":
+                acc = tl.dot(xt, ct, acc, input_precision="tf32")
+            else:
+                acc = tl.dot(xt, ct, acc, input_precision="ieee")
+        if COSINE:
+            score = -tl.div_rn(acc, tl.maximum(tl.sqrt_rn(cn), 1e-12)[None, :])
+        else:
+            score = cn[None, :] - 2.0 * acc
+        score = tl.where(kmask[None, :], score, float("inf"))
+        better = score < run
+        run = tl.where(better, score, run)
+        run_idx = tl.where(better, k[None, :], run_idx)
+
+    # Re-check the R best column winners with the oracle's formula (fp32), ties -> lowest index.
+    best_e = tl.full((BM,), float("inf"), tl.float32)
+    best_i = tl.full((BM,), BIG_INDEX, tl.int32)
+    for r in tl.static_range(RECHECK_R):
+        m = tl.min(run, axis=1)
+        cand = tl.min(tl.where(run == m[:, None], run_idx, BIG_INDEX), axis=1)
+        if WRITE_APPROX and r == 0:
+            first = tl.where(cand >= K, 0, cand)
+            tl.store(approx_ptr + rows64 * S + s, first.to(tl.int64), mask=rmask)
+        run = tl.where(run_idx == cand[:, None], float("inf"), run)
+        valid = cand < K
+        cand_safe = tl.where(valid, cand, 0)
+        e = tl.zeros((BM,), tl.float32)
+        cnorm = tl.zeros((BM,), tl.float32)
+        for dc in tl.static_range(NUM_DC):
+            dd = dc * BD + dj
+            m2 = rmask[:, None] & (dd[None, :] < D)
+            xv = tl.load(x_row[:, None] + dd[None, :], mask=m2, other=0.0).to(tl.float32)
+            cv = tl.load(cb_s + cand_safe[:, None] * D + dd[None, :], mask=m2, other=0.0).to(tl.float32)
+            if COSINE:
+                e += tl.sum(xv * cv, axis=1)
+                cnorm += tl.sum(cv * cv, axis=1)
+            else:
+                diff = xv - cv
+                e += tl.sum(diff * diff, axis=1)
+        if COSINE:
+            e = -tl.div_rn(e, tl.maximum(tl.sqrt_rn(cnorm), 1e-12))
+        e = tl.where(valid, e, float("inf"))
+        cand_key = tl.where(valid, cand, BIG_INDEX)
+        better = (e < best_e) | ((e == best_e) & (cand_key < best_i))
+        best_e = tl.where(better, e, best_e)
+        best_i = tl.where(better, cand_key, best_i)
+
+    idx = tl.where(best_i >= K, 0, best_i)
+    tl.store(idx_ptr + rows64 * S + s, idx.to(tl.int64), mask=rmask)
+    q_row = q_ptr + rows64 * stride_q + s * D
+    for dc in tl.static_range(NUM_DC):
+        dd = dc * BD + dj
+        m2 = rmask[:, None] & (dd[None, :] < D)
+        cv = tl.load(cb_s + idx[:, None] * D + dd[None, :], mask=m2, other=0.0)
+        tl.store(q_row[:, None] + dd[None, :], cv.to(q_ptr.dtype.element_ty), mask=m2)
+
+
+# --- launch ------------------------------------------------------------------------------------------------------
+
+_SMALL_CONFIGS = [triton.Config({"BM": bm, "BK": bk}, num_warps=w, num_stages=2)
+                  for bm, bk, w in [(64, 64, 4), (128, 64, 4), (128, 64, 8), (64, 128, 4), (128, 128, 8),
+                                    (256, 64, 8), (32, 128, 4), (256, 32, 8)]]
+_DOT_CONFIGS = [triton.Config({"BM": bm, "BK": bk}, num_warps=w, num_stages=st)
+                for bm, bk, w, st in [(64, 64, 4, 2), (64, 64, 4, 3), (128, 64, 8, 2), (64, 128, 4, 2),
+                                      (128, 128, 8, 2), (128, 64, 4, 3), (32, 64, 4, 2), (64, 32, 4, 3)]]
+_INTERP_META = {"BM": 32, "BK": 64}  # one fixed small config under the interpreter (autotune there is slow)
+
+_small_tuned = triton.autotune(_SMALL_CONFIGS, key=["n_bucket", "K", "D", "COSINE"])(_assign_small_kernel)
+_dot_tuned = triton.autotune(_DOT_CONFIGS, key=["n_bucket", "K", "D", "PRECISION", "RECHECK_R", "COSINE"])(
+    _assign_dot_kernel)
+
+
+def unsupported(x: torch.Tensor, codebooks: torch.Tensor | None, distance: str = "l2") -> str | None:
+    """None if the Triton kernels take these inputs, else the reason."""
+    for name, t in (("x", x), ("codebooks", codebooks)):
+        if t is not None and t.dtype == torch.float64:
+            return f"backend 'triton' computes in fp32 and does not take float64 {name}; use 'reference' or 'cpu'"
+    if codebooks is not None and codebooks.shape[0] > 65535:
+        return f"backend 'triton' supports at most 65535 subspaces, got {codebooks.shape[0]}"
+    return None
+
+
+def _bucket(n: int) -> int:
+    return 1 << max(0, (n - 1).bit_length())
+
+
+def _launch(x, codebooks, distance, mode, precision, want_approx):
+    if distance not in ("l2", "cosine"):
+        raise ValueError(f"distance must be 'l2' or 'cosine', got {distance!r}")
+    reason = unsupported(x, codebooks, distance)
+    if reason:
+        raise TypeError(reason)
+    x = x.contiguous()
+    codebooks = codebooks.contiguous()
+    N = x.shape[0]
+    S, K, d = codebooks.shape
+    quantized = torch.empty_like(x)
+    indices = torch.empty((N, S), dtype=torch.int64, device=x.device)
+    approx = torch.empty((N, S), dtype=torch.int64, device=x.device) if want_approx else indices
+    cosine = distance == "cosine"
+    use_small = d <= SMALL_D_MAX and not want_approx
+    common = (x, codebooks, quantized)
+    if use_small:
+        args = common + (indices, N, K, x.stride(0), quantized.stride(0), _bucket(N))
+        meta = dict(D=d, COSINE=cosine)
+        if INTERPRET:
+            _assign_small_kernel[(triton.cdiv(N, _INTERP_META["BM"]), S)](*args, **meta, **_INTERP_META)
+        else:
+            grid = lambda m: (triton.cdiv(N, m["BM"]), S)  # noqa: E731
+            _small_tuned[grid](*args, **meta, enable_fp_fusion=False)
+    else:
+        prec = "ieee" if mode == "exact" else precision
+        bd = max(16, triton.next_power_of_2(d)) if d <= MAX_BD else 64  # big d: loop over 64-wide chunks
+        args = common + (indices, approx, N, K, x.stride(0), quantized.stride(0), _bucket(N))
+        meta = dict(D=d, BD=bd, COSINE=cosine, PRECISION=prec, RECHECK_R=min(RECHECK[mode], K),
+                    WRITE_APPROX=want_approx, IS_INTERP=INTERPRET)
+        if INTERPRET:
+            _assign_dot_kernel[(triton.cdiv(N, _INTERP_META["BM"]), S)](*args, **meta, **_INTERP_META)
+        else:
+            grid = lambda m: (triton.cdiv(N, m["BM"]), S)  # noqa: E731
+            _dot_tuned[grid](*args, **meta)
+    return quantized, indices, (approx if want_approx else None)
+
+
+def assign(x: torch.Tensor, codebooks: torch.Tensor, distance: str = "l2", *, mode: str | None = None,
+           precision: str | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Fused nearest-codeword search: x (N, S*d), codebooks (S, K, d) -> (quantized (N, S*d), indices (N, S)).
+
+    mode/precision default to the module setting (``set_mode``); they only matter for d > SMALL_D_MAX.
+    """
+    mode = mode or _mode
+    precision = precision or _fast_precision
+    if mode not in MODES:
+        raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+    if precision not in FAST_PRECISIONS:
+        raise ValueError(f"precision must be one of {FAST_PRECISIONS}, got {precision!r}")
+    quantized, indices, _ = _launch(x, codebooks, distance, mode, precision, want_approx=False)
+    return quantized, indices
+
+
+def fast_path_mismatch(x: torch.Tensor, codebooks: torch.Tensor, distance: str = "l2",
+                       precision: str | None = None) -> dict[str, float]:
+    """How often the fast (tf32/bf16) search disagrees with exact mode on these inputs.
+
+    Returns {"approx_only": fraction of (row, subspace) where the best approximate score alone picks a different
+    index than exact mode, "after_recheck": the same for fast mode's final answer (after the fp32 re-check)}.
+    Runs the dot kernel whatever d is.
+    """
+    precision = precision or _fast_precision
+    if precision not in FAST_PRECISIONS:
+        raise ValueError(f"precision must be one of {FAST_PRECISIONS}, got {precision!r}")
+    _, exact_idx, _ = _launch(x, codebooks, distance, "exact", precision, want_approx=True)
+    _, fast_idx, approx_idx = _launch(x, codebooks, distance, "fast", precision, want_approx=True)
+    return {"approx_only": (approx_idx != exact_idx).double().mean().item(),
+            "after_recheck": (fast_idx != exact_idx).double().mean().item()}
