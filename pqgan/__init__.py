@@ -1,6 +1,9 @@
 """pqgan: the ProductQuantizer layer and the PQGAN model built on the fused kernels of ``pqgan_kernels``."""
 from .packing import bits_per_code, pack_indices, unpack_indices
 from .quantizer import ProductQuantizer, QuantizerOutput, QuantizerStats
+from .config import Config, LossConfig, ModelConfig, TrainConfig, apply_overrides, load_config
+from .model import PQGAN
 
 __all__ = ["ProductQuantizer", "QuantizerOutput", "QuantizerStats", "bits_per_code", "pack_indices",
-           "unpack_indices"]
+           "unpack_indices", "Config", "LossConfig", "ModelConfig", "TrainConfig", "apply_overrides",
+           "load_config", "PQGAN"]
