@@ -1,20 +1,94 @@
 """Backends "cpu" and "cuda": the compiled kernels of csrc/ (``pqgan_kernels._C``, ops ``torch.ops.pqgan_native``).
 
-Importing this module loads the extension and registers whichever of the two backends it provides.
+Importing this module loads the extension and registers whichever of the two backends it provides; anything that
+goes wrong (extension not built, built without CUDA, no GPU, stale build) is recorded with ``mark_unavailable``
+and never raised.
+
+Native ops (schemas in ``csrc/native_ops.cpp``; CPU kernels in ``csrc/cpu/``, CUDA kernels in ``csrc/cuda/``):
+    pq_assign(x (N, S*d), codebooks (S, K, d), cosine: bool) -> (quantized (N, S*d) x.dtype, indices (N, S) int64)
+    pq_ema_stats(x (N, S*d), indices (N, S), num_codes)      -> (counts (S, K), sums (S, K, d))  fp32 / fp64
+    pq_codebook_grad(grad (N, S*d), indices (N, S), num_codes) -> (S, K, d)                     fp32 / fp64
 """
 from __future__ import annotations
 
 import torch
 
-from .dispatch import mark_unavailable
+from .dispatch import Backend, mark_unavailable, register_backend
+
+BUILD_INFO = None
+
+
+def _stats_dtype(t: torch.Tensor) -> torch.dtype:
+    return torch.float64 if t.dtype == torch.float64 else torch.float32
+
+
+def _register_fakes() -> None:
+    """Shape functions of the native ops (for torch.compile / FakeTensor / opcheck)."""
+    def assign_fake(x, codebooks, cosine):
+        return x.new_empty(x.shape), x.new_empty((x.shape[0], codebooks.shape[0]), dtype=torch.int64)
+
+    def stats_fake(x, indices, num_codes):
+        S = indices.shape[1]
+        dtype = _stats_dtype(x)
+        return (x.new_empty((S, num_codes), dtype=dtype), x.new_empty((S, num_codes, x.shape[1] // S), dtype=dtype))
+
+    def grad_fake(grad, indices, num_codes):
+        S = indices.shape[1]
+        return grad.new_empty((S, num_codes, grad.shape[1] // S), dtype=_stats_dtype(grad))
+
+    for name, fn in (("pq_assign", assign_fake), ("pq_ema_stats", stats_fake), ("pq_codebook_grad", grad_fake)):
+        try:
+            torch.library.register_fake(f"pqgan_native::{name}", fn)
+        except RuntimeError as err:  # already registered (module re-imported)
+            if "already" not in str(err):
+                raise
+
+
+def assign(x: torch.Tensor, codebooks: torch.Tensor, distance: str = "l2") -> tuple[torch.Tensor, torch.Tensor]:
+    """x (N, S*d), codebooks (S, K, d) -> (quantized (N, S*d) x.dtype, indices (N, S) int64)."""
+    return torch.ops.pqgan_native.pq_assign(x, codebooks, distance == "cosine")
+
+
+def ema_stats(x: torch.Tensor, indices: torch.Tensor, num_codes: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """x (N, S*d), indices (N, S) -> (counts (S, K), sums (S, K, d)), fp32 (fp64 for fp64 x)."""
+    return torch.ops.pqgan_native.pq_ema_stats(x, indices, int(num_codes))
+
+
+def codebook_grad(grad_quantized: torch.Tensor, indices: torch.Tensor, num_codes: int) -> torch.Tensor:
+    """grad_quantized (N, S*d), indices (N, S) -> (S, K, d), fp32 (fp64 for fp64 grad)."""
+    return torch.ops.pqgan_native.pq_codebook_grad(grad_quantized, indices, int(num_codes))
+
+
+def _register() -> None:
+    global BUILD_INFO
+    try:
+        from . import _C  # noqa: F401  (loading the library registers torch.ops.pqgan_native)
+    except ImportError as err:
+        mark_unavailable("cpu", f"compiled extension pqgan_kernels._C not importable ({err}); "
+                                "run `pip install --no-build-isolation -e .`")
+        mark_unavailable("cuda", "compiled extension pqgan_kernels._C not importable")
+        return
+    BUILD_INFO = torch.ops.pqgan_native.build_info()
+    if not hasattr(torch.ops.pqgan_native, "pq_assign"):
+        reason = f"extension ({BUILD_INFO}) is a stale build without the kernels; rebuild with " \
+                 "`pip install --no-build-isolation -e .`"
+        mark_unavailable("cpu", reason)
+        mark_unavailable("cuda", reason)
+        return
+    _register_fakes()
+    register_backend(Backend(name="cpu", devices=("cpu",), assign=assign, ema_stats=ema_stats,
+                             codebook_grad=codebook_grad))
+    if "cuda" not in BUILD_INFO:
+        mark_unavailable("cuda", "extension built without CUDA (rebuild with CUDA_HOME set or PQGAN_BUILD_CUDA=1)")
+    elif not torch.cuda.is_available():
+        mark_unavailable("cuda", "extension built with CUDA but no CUDA device is available")
+    else:
+        register_backend(Backend(name="cuda", devices=("cuda",), assign=assign, ema_stats=ema_stats,
+                                 codebook_grad=codebook_grad))
+
 
 try:
-    from . import _C  # noqa: F401  (loading the library registers torch.ops.pqgan_native)
-except ImportError as err:
-    mark_unavailable("cpu", f"compiled extension pqgan_kernels._C not importable ({err}); "
-                            "run `pip install --no-build-isolation -e .`")
-    mark_unavailable("cuda", "compiled extension pqgan_kernels._C not importable")
-else:
-    BUILD_INFO = torch.ops.pqgan_native.build_info()
-    mark_unavailable("cpu", f"extension built ({BUILD_INFO}) but the CPU kernels are not implemented yet")
-    mark_unavailable("cuda", f"extension built ({BUILD_INFO}) but the CUDA kernels are not implemented yet")
+    _register()
+except Exception as err:  # never let a broken build break `import pqgan_kernels`
+    mark_unavailable("cpu", f"native backend failed to load: {type(err).__name__}: {err}")
+    mark_unavailable("cuda", f"native backend failed to load: {type(err).__name__}: {err}")

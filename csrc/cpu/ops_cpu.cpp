@@ -1,0 +1,166 @@
+// CPU implementations of the pqgan_native ops (schemas in native_ops.cpp), parallelised with at::parallel_for
+// (OpenMP in the usual torch build; it honours torch.set_num_threads).
+//
+// pq_assign: tasks are (subspace s, block of kBlockRows rows). A task gathers its rows' sub-vectors into a small
+//   buffer in the compute type (fp16/bf16 are up-cast to fp32 here), runs the micro-kernel of assign_kernel.h
+//   against the transposed codebook tile cbT[s] (d, Kp), writes the indices and copies the chosen codewords into
+//   quantized. Working memory: the (S, d, Kp) transposed codebooks plus kBlockRows*d per thread; no (N, K) buffer.
+// pq_ema_stats / pq_codebook_grad: a scatter-add per code. Tasks own disjoint (subspace, coordinate range) pairs and
+//   visit rows in order, so the sums are deterministic and independent of the thread count.
+#include <ATen/ATen.h>
+#include <ATen/Parallel.h>
+#include <torch/library.h>
+
+#include <atomic>
+#include <cstring>
+#include <limits>
+#include <vector>
+
+#include "checks.h"
+#include "cpu/kernels.h"
+
+namespace pqgan {
+namespace cpu {
+namespace {
+
+constexpr int64_t kBlockRows = 64;  // rows per task (a multiple of kTileRows)
+constexpr int64_t kStatChunk = 16;  // coordinates per scatter task
+
+template <typename T>
+void assign_tile_dispatch(const T* xs, int64_t rows, int64_t d, const T* cbT, int64_t Kp, bool cosine, int64_t* out) {
+  static const bool use_avx2 = have_avx2();
+  if (use_avx2) avx2::assign_tile(xs, rows, d, cbT, Kp, cosine, out);
+  else generic::assign_tile(xs, rows, d, cbT, Kp, cosine, out);
+}
+
+// x (N, S*d) scalar_t, cbT (S, d, Kp) T, cbx (S, K, d) scalar_t -> quantized (N, S*d) scalar_t, indices (N, S).
+template <typename scalar_t, typename T>
+void assign_cpu_impl(const at::Tensor& x, const at::Tensor& cbT, const at::Tensor& cbx, bool cosine,
+                     at::Tensor& quantized, at::Tensor& indices) {
+  const int64_t N = x.size(0), S = cbx.size(0), K = cbx.size(1), d = cbx.size(2), D = S * d;
+  const int64_t Kp = cbT.size(2);
+  const scalar_t* xp = x.data_ptr<scalar_t>();
+  const T* cbTp = cbT.data_ptr<T>();
+  const scalar_t* cbxp = cbx.data_ptr<scalar_t>();
+  scalar_t* qp = quantized.data_ptr<scalar_t>();
+  int64_t* ip = indices.data_ptr<int64_t>();
+  const int64_t nblocks = (N + kBlockRows - 1) / kBlockRows;
+  at::parallel_for(0, S * nblocks, 1, [&](int64_t begin, int64_t end) {
+    std::vector<T> buf(kBlockRows * d);
+    std::vector<int64_t> out(kBlockRows);
+    for (int64_t t = begin; t < end; ++t) {
+      const int64_t s = t / nblocks, n0 = (t % nblocks) * kBlockRows;
+      const int64_t rows = std::min(kBlockRows, N - n0);
+      const int64_t padded = (rows + kTileRows - 1) / kTileRows * kTileRows;
+      for (int64_t r = 0; r < rows; ++r) {
+        const scalar_t* src = xp + (n0 + r) * D + s * d;
+        for (int64_t j = 0; j < d; ++j) buf[r * d + j] = static_cast<T>(src[j]);
+      }
+      for (int64_t i = rows * d; i < padded * d; ++i) buf[i] = T(0);
+      assign_tile_dispatch<T>(buf.data(), padded, d, cbTp + s * d * Kp, Kp, cosine, out.data());
+      for (int64_t r = 0; r < rows; ++r) {
+        const int64_t k = out[r];
+        ip[(n0 + r) * S + s] = k;
+        std::memcpy(qp + (n0 + r) * D + s * d, cbxp + (s * K + k) * d, d * sizeof(scalar_t));
+      }
+    }
+  });
+}
+
+std::tuple<at::Tensor, at::Tensor> pq_assign_cpu(const at::Tensor& x_in, const at::Tensor& codebooks, bool cosine) {
+  check_assign_args(x_in, codebooks);
+  TORCH_CHECK_VALUE(x_in.device().is_cpu(), "pq_assign (cpu): tensors must be on the CPU, got ", x_in.device());
+  const at::Tensor x = x_in.contiguous();
+  const int64_t N = x.size(0), S = codebooks.size(0), K = codebooks.size(1), d = codebooks.size(2);
+  const at::ScalarType ct = compute_dtype(x, codebooks);
+  at::Tensor cb = codebooks.to(ct);
+  if (cosine) cb = cb / cb.norm(2, -1, /*keepdim=*/true).clamp_min(1e-12);
+  const int64_t Kp = (K + kTileCodes - 1) / kTileCodes * kTileCodes;
+  at::Tensor cbT = at::full({S, d, Kp}, std::numeric_limits<double>::quiet_NaN(), cb.options());
+  cbT.narrow(2, 0, K).copy_(cb.transpose(1, 2));
+  const at::Tensor cbx = codebooks.to(x.scalar_type()).contiguous();
+  at::Tensor quantized = at::empty_like(x);
+  at::Tensor indices = at::empty({N, S}, x.options().dtype(at::kLong));
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "pq_assign_cpu", [&] {
+    if (ct == at::kDouble) assign_cpu_impl<scalar_t, double>(x, cbT, cbx, cosine, quantized, indices);
+    else assign_cpu_impl<scalar_t, float>(x, cbT, cbx, cosine, quantized, indices);
+  });
+  return {quantized, indices};
+}
+
+// sums[s, k, :] += values[n, s*d:(s+1)*d] for k = indices[n, s]; counts[s, k] += 1 (when counts is defined).
+template <typename scalar_t, typename T, typename index_t>
+void scatter_cpu_impl(const at::Tensor& values, const at::Tensor& indices, at::Tensor& sums, at::Tensor* counts) {
+  const int64_t N = indices.size(0), S = indices.size(1), K = sums.size(1), d = sums.size(2), D = S * d;
+  const scalar_t* vp = values.data_ptr<scalar_t>();
+  const index_t* ip = indices.data_ptr<index_t>();
+  T* sp = sums.data_ptr<T>();
+  T* cp = counts ? counts->data_ptr<T>() : nullptr;
+  const int64_t nchunks = (d + kStatChunk - 1) / kStatChunk;
+  std::atomic<bool> bad{false};
+  at::parallel_for(0, S * nchunks, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t t = begin; t < end; ++t) {
+      const int64_t s = t / nchunks, j0 = (t % nchunks) * kStatChunk, j1 = std::min(d, j0 + kStatChunk);
+      const bool count = cp != nullptr && j0 == 0;
+      for (int64_t n = 0; n < N; ++n) {
+        const int64_t k = static_cast<int64_t>(ip[n * S + s]);
+        if (k < 0 || k >= K) {
+          bad = true;
+          return;
+        }
+        const scalar_t* src = vp + n * D + s * d;
+        T* dst = sp + (s * K + k) * d;
+        for (int64_t j = j0; j < j1; ++j) dst[j] += static_cast<T>(src[j]);
+        if (count) cp[s * K + k] += T(1);
+      }
+    }
+  });
+  TORCH_CHECK_VALUE(!bad, "indices has values outside [0, ", K, ")");
+}
+
+void scatter_cpu(const at::Tensor& values, const at::Tensor& indices, at::Tensor& sums, at::Tensor* counts) {
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, values.scalar_type(), "pq_scatter_cpu", [&] {
+    const bool f64 = sums.scalar_type() == at::kDouble;
+    if (indices.scalar_type() == at::kLong) {
+      if (f64) scatter_cpu_impl<scalar_t, double, int64_t>(values, indices, sums, counts);
+      else scatter_cpu_impl<scalar_t, float, int64_t>(values, indices, sums, counts);
+    } else {
+      if (f64) scatter_cpu_impl<scalar_t, double, int32_t>(values, indices, sums, counts);
+      else scatter_cpu_impl<scalar_t, float, int32_t>(values, indices, sums, counts);
+    }
+  });
+}
+
+std::tuple<at::Tensor, at::Tensor> pq_ema_stats_cpu(const at::Tensor& x_in, const at::Tensor& indices_in,
+                                                    int64_t num_codes) {
+  check_scatter_args("pq_ema_stats", x_in, indices_in, num_codes);
+  TORCH_CHECK_VALUE(x_in.device().is_cpu(), "pq_ema_stats (cpu): tensors must be on the CPU, got ", x_in.device());
+  const at::Tensor x = x_in.contiguous(), indices = indices_in.contiguous();
+  const int64_t S = indices.size(1), d = x.size(1) / S;
+  const auto opts = x.options().dtype(compute_dtype(x));
+  at::Tensor counts = at::zeros({S, num_codes}, opts);
+  at::Tensor sums = at::zeros({S, num_codes, d}, opts);
+  scatter_cpu(x, indices, sums, &counts);
+  return {counts, sums};
+}
+
+at::Tensor pq_codebook_grad_cpu(const at::Tensor& grad_in, const at::Tensor& indices_in, int64_t num_codes) {
+  check_scatter_args("pq_codebook_grad", grad_in, indices_in, num_codes);
+  TORCH_CHECK_VALUE(grad_in.device().is_cpu(), "pq_codebook_grad (cpu): tensors must be on the CPU, got ",
+                    grad_in.device());
+  const at::Tensor grad = grad_in.contiguous(), indices = indices_in.contiguous();
+  const int64_t S = indices.size(1), d = grad.size(1) / S;
+  at::Tensor sums = at::zeros({S, num_codes, d}, grad.options().dtype(compute_dtype(grad)));
+  scatter_cpu(grad, indices, sums, nullptr);
+  return sums;
+}
+
+}  // namespace
+}  // namespace cpu
+}  // namespace pqgan
+
+TORCH_LIBRARY_IMPL(pqgan_native, CPU, m) {
+  m.impl("pq_assign", &pqgan::cpu::pq_assign_cpu);
+  m.impl("pq_ema_stats", &pqgan::cpu::pq_ema_stats_cpu);
+  m.impl("pq_codebook_grad", &pqgan::cpu::pq_codebook_grad_cpu);
+}

@@ -1,0 +1,195 @@
+"""The C++ CPU kernels (backend "cpu", ops torch.ops.pqgan_native) against the oracle in reference.py.
+
+Assignments are judged by ``kernel_checks.assert_assignment`` (fp64 oracle; a different index only within rounding
+distance; integer inputs must match exactly, ties to the lowest index). Statistics and gradients are compared with
+the oracle at fp32 summation tolerance (rtol 1e-5, atol 1e-5 * N), bitwise where the sum order is fixed (fp64).
+Row counts are chosen to leave tails (kernel blocks are 64 rows, register tiles 4 rows, codes padded to 16).
+"""
+import pytest
+import torch
+
+import pqgan_kernels
+from pqgan_kernels import reference
+from kernel_checks import assert_assignment, random_case
+
+native = pytest.importorskip("pqgan_kernels.native_backend")
+pytestmark = pytest.mark.skipif(pqgan_kernels.backend_info()["cpu"] != "available",
+                                reason=f"cpu backend: {pqgan_kernels.backend_info()['cpu']}")
+ops = torch.ops.pqgan_native
+
+# (N, S, d, K): every d in {1,2,3,4,8,16,32,64}, S in {1,2,7,64}, K in {1,5,128,513}, N with tails.
+SHAPES = [(67, 7, 1, 513), (131, 64, 1, 5), (70, 64, 2, 128), (3, 2, 2, 513), (65, 7, 3, 128), (130, 2, 4, 5),
+          (37, 64, 4, 1), (67, 2, 8, 513), (61, 7, 8, 5), (66, 1, 16, 128), (5, 2, 16, 513), (67, 1, 32, 513),
+          (129, 7, 32, 5), (33, 2, 64, 128), (64, 1, 64, 1), (1, 1, 5, 17), (90, 3, 12, 33)]
+
+
+@pytest.mark.parametrize("N,S,d,K", SHAPES)
+def test_assign_l2_fp32(N, S, d, K):
+    x, cb = random_case(N, S, d, K, seed=N + S + d + K)
+    q, idx = pqgan_kernels.pq_assign(x, cb, backend="cpu")
+    assert_assignment(x, cb, q, idx)
+
+
+@pytest.mark.parametrize("N,S,d,K", [(67, 7, 2, 513), (130, 2, 4, 5), (65, 3, 16, 128), (34, 2, 3, 33),
+                                     (19, 1, 64, 40)])
+@pytest.mark.parametrize("distance", ["l2", "cosine"])
+def test_assign_exact_ties(N, S, d, K, distance):
+    """Small integers: exact distances, many ties; the index must equal the oracle's (lowest index wins)."""
+    x, cb = random_case(N, S, d, K, seed=7 * N + d, integer=True)
+    cb[:, K - K // 2:] = cb[:, :K // 2].clone()  # duplicate codewords: exact ties with a lower index
+    q, idx = pqgan_kernels.pq_assign(x, cb, distance=distance, backend="cpu")
+    if distance == "l2":
+        assert_assignment(x, cb, q, idx, integer=True)
+    else:  # cosine of integers is not exact (normalisation rounds): only duplicates must resolve low
+        assert_assignment(x, cb, q, idx, distance="cosine")
+        assert bool((idx < K - K // 2).all()) or K == 1
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("N,S,d,K", [(67, 7, 2, 513), (130, 2, 4, 5), (65, 3, 16, 128), (33, 2, 32, 17)])
+def test_assign_dtypes(dtype, N, S, d, K):
+    x, cb = random_case(N, S, d, K, dtype=dtype, seed=N * d)
+    q, idx = pqgan_kernels.pq_assign(x, cb, backend="cpu")
+    assert_assignment(x, cb, q, idx)
+
+
+@pytest.mark.parametrize("x_dtype,cb_dtype", [(torch.float16, torch.float32), (torch.float32, torch.float64),
+                                              (torch.bfloat16, torch.float64)])
+def test_assign_mixed_dtypes(x_dtype, cb_dtype):
+    x, _ = random_case(71, 5, 3, 40, dtype=x_dtype, seed=1)
+    _, cb = random_case(71, 5, 3, 40, dtype=cb_dtype, seed=2)
+    q, idx = pqgan_kernels.pq_assign(x, cb, backend="cpu")
+    assert_assignment(x, cb, q, idx)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
+@pytest.mark.parametrize("N,S,d,K", [(67, 7, 2, 513), (130, 2, 4, 5), (65, 3, 16, 128), (35, 1, 64, 9),
+                                     (40, 4, 1, 7)])
+def test_assign_cosine(dtype, N, S, d, K):
+    x, cb = random_case(N, S, d, K, dtype=dtype, seed=3 * N + K)
+    cb = cb * torch.rand(S, K, 1).to(dtype) * 10  # codeword norms differ: l2 and cosine disagree
+    x[0] = 0  # a zero row: similarity 0 to everything -> index 0
+    q, idx = pqgan_kernels.pq_assign(x, cb, distance="cosine", backend="cpu")
+    assert_assignment(x, cb, q, idx, distance="cosine")
+    assert bool((idx[0] == 0).all())
+
+
+def test_assign_noncontiguous_and_thread_count_invariant():
+    x, cb = random_case(150, 4, 8, 100, seed=5)
+    xt = torch.cat([x, x], 1)[:, ::2]  # a strided view with the same shape
+    x = xt.contiguous()
+    q1, i1 = ops.pq_assign(xt, cb.transpose(1, 2).contiguous().transpose(1, 2), False)
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        q2, i2 = ops.pq_assign(x, cb, False)
+    finally:
+        torch.set_num_threads(threads)
+    assert torch.equal(i1, i2) and torch.equal(q1, q2)
+    assert_assignment(x, cb, q2, i2)
+
+
+def test_assign_huge_values_and_identical_codes():
+    """Distances overflowing to inf (all codes equally far) and identical codewords both resolve to index 0."""
+    x = torch.full((9, 4), 3e30)
+    cb = torch.randn(2, 21, 2)
+    _, idx = ops.pq_assign(x, cb, False)
+    assert bool((idx == 0).all())
+    cb = torch.ones(2, 21, 2)
+    _, idx = ops.pq_assign(torch.randn(9, 4), cb, False)
+    assert bool((idx == 0).all())
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
+@pytest.mark.parametrize("index_dtype", [torch.int64, torch.int32])
+@pytest.mark.parametrize("N,S,d,K", [(67, 7, 2, 513), (130, 2, 4, 5), (65, 1, 40, 12), (33, 64, 1, 3)])
+def test_ema_stats_and_codebook_grad(dtype, index_dtype, N, S, d, K):
+    x, _ = random_case(N, S, d, K, dtype=dtype, seed=N + 11)
+    idx = torch.randint(0, K, (N, S), generator=torch.Generator().manual_seed(N)).to(index_dtype)
+    counts, sums = pqgan_kernels.pq_ema_stats(x, idx, K, backend="cpu")
+    ref_counts, ref_sums = reference.pq_ema_stats(x, idx.long(), K)
+    assert counts.dtype == ref_counts.dtype and sums.dtype == ref_sums.dtype
+    assert torch.equal(counts, ref_counts)
+    torch.testing.assert_close(sums, ref_sums, rtol=1e-5, atol=1e-5 * N)
+    grad = pqgan_kernels.pq_codebook_grad(x, idx, K, backend="cpu")
+    torch.testing.assert_close(grad, reference.pq_codebook_grad(x, idx.long(), K), rtol=1e-5, atol=1e-5 * N)
+    # deterministic: a fixed summation order, whatever the thread count
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        counts1, sums1 = ops.pq_ema_stats(x, idx, K)
+    finally:
+        torch.set_num_threads(threads)
+    assert torch.equal(counts1, counts) and torch.equal(sums1, sums)
+
+
+def test_ema_update_through_the_op():
+    x, cb = random_case(200, 4, 3, 16, seed=9)
+    cs, es = torch.rand(4, 16) + 0.5, torch.randn(4, 16, 3)
+    _, idx = pqgan_kernels.pq_assign(x, cb, backend="cpu")
+    mine = [cb.clone(), cs.clone(), es.clone()]
+    ref = [cb.clone(), cs.clone(), es.clone()]
+    pqgan_kernels.pq_ema_update(x, idx, *mine, 0.9, 1e-5, backend="cpu")
+    reference.pq_ema_update(x, idx, *ref, 0.9, 1e-5)
+    for a, b in zip(mine, ref):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+
+
+def test_bad_inputs_raise_clear_errors():
+    x, cb = random_case(8, 2, 3, 5)
+    with pytest.raises(ValueError):
+        ops.pq_assign(x[:, :5], cb, False)
+    with pytest.raises(ValueError):
+        ops.pq_assign(x[:0], cb, False)
+    with pytest.raises(ValueError):
+        ops.pq_assign(x, cb[0], False)
+    with pytest.raises(TypeError):
+        ops.pq_assign(x.int(), cb, False)
+    idx = torch.zeros(8, 2, dtype=torch.long)
+    with pytest.raises(ValueError):
+        ops.pq_ema_stats(x, idx + 5, 5)
+    with pytest.raises(ValueError):
+        ops.pq_codebook_grad(x, idx - 1, 5)
+    with pytest.raises(TypeError):
+        ops.pq_ema_stats(x, idx.float(), 5)
+    with pytest.raises(ValueError):
+        ops.pq_ema_stats(x[:, :5], idx, 5)
+
+
+def test_autograd_through_cpu_backend():
+    x, cb = random_case(70, 4, 2, 9, seed=4)
+    cb.requires_grad_(True)
+    g = torch.randn(70, 8)
+    q, idx = pqgan_kernels.pq_assign(x, cb, backend="cpu")
+    (q * g).sum().backward()
+    torch.testing.assert_close(cb.grad, reference.pq_codebook_grad(g, idx, 9), rtol=1e-5, atol=1e-4)
+
+
+def test_product_quantizer_training_step():
+    from pqgan import ProductQuantizer
+    torch.manual_seed(0)
+    for ema in (0.9, None):
+        pq = ProductQuantizer(16, 8, 12, ema_decay=ema, backend="cpu")
+        ref = ProductQuantizer(16, 8, 12, ema_decay=ema, backend="reference")
+        ref.load_state_dict(pq.state_dict())
+        z = torch.randn(2, 16, 5, 3)
+        z1, z2 = z.clone().requires_grad_(True), z.clone().requires_grad_(True)
+        out, out_ref = pq.train()(z1), ref.train()(z2)
+        assert torch.equal(out.indices, out_ref.indices)
+        torch.testing.assert_close(out.quantized, out_ref.quantized)
+        (out.quantized.square().sum() + out.loss).backward()
+        (out_ref.quantized.square().sum() + out_ref.loss).backward()
+        torch.testing.assert_close(z1.grad, z2.grad)
+        for a, b in zip(pq.state_dict().values(), ref.state_dict().values()):
+            torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+        if ema is None:
+            torch.testing.assert_close(pq.codebooks.grad, ref.codebooks.grad, rtol=1e-5, atol=1e-5)
+
+
+def test_opcheck_native_ops():
+    x, cb = random_case(21, 3, 2, 7, seed=2)
+    idx = torch.randint(0, 7, (21, 3))
+    torch.library.opcheck(ops.pq_assign.default, (x, cb, False))
+    torch.library.opcheck(ops.pq_assign.default, (x.double(), cb, True))
+    torch.library.opcheck(ops.pq_ema_stats.default, (x, idx, 7))
+    torch.library.opcheck(ops.pq_codebook_grad.default, (x, idx.int(), 7))
