@@ -63,8 +63,19 @@ def get_mode() -> tuple[str, str]:
 # --- small d: CUDA-core kernel -----------------------------------------------------------------------------------
 
 @triton.jit
+def _cast_out(v, out_ptr, IS_INTERP: tl.constexpr):
+    """fp32 values -> the element type of out_ptr, round-to-nearest-even (the interpreter truncates to bf16)."""
+    if IS_INTERP:
+        if out_ptr.dtype.element_ty == tl.bfloat16:
+            u = v.to(tl.uint32, bitcast=True)
+            u = (u + 0x7FFF + ((u >> 16) & 1)) & 0xFFFF0000
+            v = u.to(tl.float32, bitcast=True)
+    return v.to(out_ptr.dtype.element_ty)
+
+@triton.jit
 def _assign_small_kernel(x_ptr, cb_ptr, q_ptr, idx_ptr, N, K, stride_x, stride_q, n_bucket,
-                         D: tl.constexpr, COSINE: tl.constexpr, BM: tl.constexpr, BK: tl.constexpr):
+                         D: tl.constexpr, COSINE: tl.constexpr, IS_INTERP: tl.constexpr,
+                         BM: tl.constexpr, BK: tl.constexpr):
     pid_m = tl.program_id(0)
     s = tl.program_id(1)
     rows = pid_m * BM + tl.arange(0, BM)
@@ -115,8 +126,8 @@ def _assign_small_kernel(x_ptr, cb_ptr, q_ptr, idx_ptr, N, K, stride_x, stride_q
     tl.store(idx_ptr + rows64 * tl.num_programs(1) + s, idx.to(tl.int64), mask=rmask)
     q_row = q_ptr + rows64 * stride_q + s * D
     for j in tl.static_range(D):
-        c = tl.load(cb_s + idx * D + j, mask=rmask, other=0.0)
-        tl.store(q_row + j, c.to(q_ptr.dtype.element_ty), mask=rmask)
+        c = tl.load(cb_s + idx * D + j, mask=rmask, other=0.0).to(tl.float32)
+        tl.store(q_row + j, _cast_out(c, q_ptr, IS_INTERP), mask=rmask)
 
 
 # --- larger d: tl.dot kernel -------------------------------------------------------------------------------------
@@ -223,8 +234,8 @@ def _assign_dot_kernel(x_ptr, cb_ptr, q_ptr, idx_ptr, approx_ptr, N, K, stride_x
     for dc in tl.static_range(NUM_DC):
         dd = dc * BD + dj
         m2 = rmask[:, None] & (dd[None, :] < D)
-        cv = tl.load(cb_s + idx[:, None] * D + dd[None, :], mask=m2, other=0.0)
-        tl.store(q_row[:, None] + dd[None, :], cv.to(q_ptr.dtype.element_ty), mask=m2)
+        cv = tl.load(cb_s + idx[:, None] * D + dd[None, :], mask=m2, other=0.0).to(tl.float32)
+        tl.store(q_row[:, None] + dd[None, :], _cast_out(cv, q_ptr, IS_INTERP), mask=m2)
 
 
 # --- launch ------------------------------------------------------------------------------------------------------
@@ -274,7 +285,7 @@ def _launch(x, codebooks, distance, mode, precision, want_approx):
     common = (x, codebooks, quantized)
     if use_small:
         args = common + (indices, N, K, x.stride(0), quantized.stride(0), _bucket(N))
-        meta = dict(D=d, COSINE=cosine)
+        meta = dict(D=d, COSINE=cosine, IS_INTERP=INTERPRET)
         if INTERPRET:
             _assign_small_kernel[(triton.cdiv(N, _INTERP_META["BM"]), S)](*args, **meta, **_INTERP_META)
         else:

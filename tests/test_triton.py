@@ -1,0 +1,195 @@
+"""Backend "triton" against the oracle (CPU: Triton interpreter, set up by conftest.py; GPU tests marked `gpu`).
+
+Tolerances: assignments use ``kernel_checks.assert_assignment`` (a different index than the fp64 oracle only
+within 16*eps32*d*(|x|^2+max|c|^2); >= 99% equal; integer inputs: all equal, ties -> lowest index). EMA/grad
+sums are fp32 atomics in another order than the oracle: rtol 1e-5, atol 1e-5; counts must be exact.
+Shapes are small because the interpreter is slow (one fixed 32x64 tile config).
+"""
+import os
+
+import pytest
+import torch
+
+from kernel_checks import assert_assignment, random_case
+
+triton = pytest.importorskip("triton")
+
+import pqgan_kernels  # noqa: E402
+from pqgan_kernels import dispatch, reference  # noqa: E402
+
+if "triton" not in pqgan_kernels.available_backends():
+    pytest.skip(f"triton backend unavailable: {pqgan_kernels.backend_info()['triton']}", allow_module_level=True)
+
+from pqgan_kernels import triton_assign, triton_ema  # noqa: E402
+
+DEV = "cuda" if torch.cuda.is_available() else "cpu"
+
+# (N, S, d, K): a sparse grid over d in {1,2,3,4,8,16,32,64}, S in {1,2,7,64}, K in {1,5,128,513}, N with tails.
+SHAPES = [
+    (37, 7, 1, 5), (45, 2, 2, 513), (33, 64, 2, 5), (29, 1, 3, 128), (40, 2, 4, 5), (35, 7, 8, 128),
+    (31, 2, 16, 513), (20, 1, 32, 128), (17, 2, 64, 5), (23, 7, 16, 1), (19, 1, 2, 1), (9, 1, 200, 20),
+]
+
+
+@pytest.mark.parametrize("N,S,d,K", SHAPES)
+def test_assign_l2_fp32(N, S, d, K):
+    x, cb = random_case(N, S, d, K, device=DEV, seed=N * 7 + K)
+    q, idx = pqgan_kernels.pq_assign(x, cb, backend="triton")
+    assert_assignment(x, cb, q, idx)
+
+
+def test_small_d_is_bit_identical_to_fp32_oracle():
+    x, cb = random_case(70, 4, 2, 200, device=DEV, seed=11)
+    _, idx = pqgan_kernels.pq_assign(x, cb, backend="triton")
+    _, expected = reference.pq_assign(x.cpu(), cb.cpu())
+    assert torch.equal(idx.cpu(), expected)
+
+
+@pytest.mark.parametrize("N,S,d,K", [(30, 2, 2, 100), (25, 3, 4, 5), (21, 1, 32, 70), (18, 2, 16, 129)])
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_assign_half_dtypes(N, S, d, K, dtype):
+    x, cb = random_case(N, S, d, K, dtype=dtype, device=DEV, seed=3)
+    q, idx = pqgan_kernels.pq_assign(x, cb, backend="triton")
+    assert_assignment(x, cb, q, idx)
+
+
+def test_assign_mixed_dtypes_and_noncontiguous_x():
+    x, cb = random_case(26, 3, 4, 40, device=DEV, seed=5)
+    x_wide = torch.cat([x, x], 1).to(torch.bfloat16)[:, :12]  # strided rows
+    q, idx = pqgan_kernels.pq_assign(x_wide, cb, backend="triton")
+    assert_assignment(x_wide, cb, q, idx)
+
+
+@pytest.mark.parametrize("N,S,d,K", [(40, 7, 1, 5), (35, 2, 2, 130), (22, 1, 8, 64), (24, 2, 32, 100)])
+def test_assign_cosine(N, S, d, K):
+    x, cb = random_case(N, S, d, K, device=DEV, seed=9)
+    cb[0, 0] = 0  # a zero codeword has similarity 0 to everything
+    q, idx = pqgan_kernels.pq_assign(x, cb, distance="cosine", backend="triton")
+    assert_assignment(x, cb, q, idx, distance="cosine")
+
+
+@pytest.mark.parametrize("N,S,d,K", [(41, 2, 2, 128), (30, 1, 1, 9), (27, 2, 16, 77), (20, 1, 32, 200),
+                                     (33, 7, 3, 513)])
+@pytest.mark.parametrize("mode", ["exact", "fast"])
+def test_exact_ties_lowest_index(N, S, d, K, mode):
+    if mode == "fast" and d <= triton_assign.SMALL_D_MAX:
+        pytest.skip("mode only affects the dot kernel")
+    x, cb = random_case(N, S, d, K, device=DEV, seed=13, integer=True)
+    q, idx = triton_assign.assign(x, cb, "l2", mode=mode)
+    assert_assignment(x, cb, q, idx, integer=True)
+
+
+@pytest.mark.parametrize("precision", ["tf32", "bf16"])
+def test_fast_mode_rechecks_candidates(precision):
+    x, cb = random_case(64, 2, 32, 300, device=DEV, seed=6)
+    q, idx = triton_assign.assign(x, cb, "l2", mode="fast", precision=precision)
+    assert_assignment(x, cb, q, idx)
+    rates = triton_assign.fast_path_mismatch(x, cb, precision=precision)
+    assert set(rates) == {"approx_only", "after_recheck"}
+    assert 0.0 <= rates["after_recheck"] <= rates["approx_only"] <= 1.0
+    if precision == "bf16":  # bf16 rounding does flip some near-ties; the fp32 re-check repairs them
+        assert rates["approx_only"] > 0.0 and rates["after_recheck"] == 0.0
+
+
+def test_mode_setting_and_bad_mode():
+    assert triton_assign.get_mode()[0] == "exact"
+    with pytest.raises(ValueError):
+        triton_assign.set_mode("fastest")
+    with pytest.raises(ValueError):
+        triton_assign.assign(torch.zeros(1, 16), torch.ones(1, 2, 16), mode="nope")
+
+
+def test_fp64_is_refused_with_reason():
+    x, cb = random_case(5, 2, 2, 3, dtype=torch.float64, device=DEV)
+    reason = dispatch.get_backend("triton").check_supports(x, cb)
+    assert reason and "float64" in reason
+    with pytest.raises(ValueError, match="float64"):
+        pqgan_kernels.pq_assign(x, cb, backend="triton")
+
+
+@pytest.mark.parametrize("N,S,d,K,idx_dtype", [(70, 3, 5, 40, torch.int64), (33, 2, 16, 7, torch.int32),
+                                               (25, 1, 1, 513, torch.int64)])
+def test_ema_stats_and_codebook_grad(N, S, d, K, idx_dtype):
+    x, _ = random_case(N, S, d, K, device=DEV, seed=21)
+    g = torch.Generator().manual_seed(1)
+    idx = torch.randint(0, K, (N, S), generator=g).to(device=DEV, dtype=idx_dtype)
+    counts, sums = pqgan_kernels.pq_ema_stats(x, idx, K, backend="triton")
+    rc, rs = reference.pq_ema_stats(x.cpu(), idx.cpu(), K)
+    assert counts.dtype == sums.dtype == torch.float32
+    assert torch.equal(counts.cpu(), rc)
+    torch.testing.assert_close(sums.cpu(), rs, rtol=1e-5, atol=1e-5)
+    grad = pqgan_kernels.pq_codebook_grad(x.to(torch.bfloat16), idx, K, backend="triton")
+    torch.testing.assert_close(grad.cpu(), reference.pq_codebook_grad(x.to(torch.bfloat16).cpu(), idx.cpu(), K),
+                               rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("S,d,K", [(3, 5, 40), (2, 16, 33)])
+def test_ema_update_matches_reference(S, d, K):
+    N = 50
+    x, cb = random_case(N, S, d, K, device=DEV, seed=31)
+    idx = torch.randint(0, K, (N, S), generator=torch.Generator().manual_seed(2)).to(DEV)
+    cs = torch.rand(S, K, generator=torch.Generator().manual_seed(3)).to(DEV) + 0.5
+    es = torch.randn(S, K, d, generator=torch.Generator().manual_seed(4)).to(DEV)
+    mine = [t.clone() for t in (cb, cs, es)]
+    pqgan_kernels.pq_ema_update(x, idx, *mine, decay=0.9, eps=1e-5, backend="triton")
+    reference.pq_ema_update(x, idx, cb, cs, es, 0.9, 1e-5)
+    for got, want in zip(mine, (cb, cs, es)):
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("ema_decay", [0.9, None])
+def test_product_quantizer_trains_with_triton(ema_decay):
+    from pqgan import ProductQuantizer
+    torch.manual_seed(0)
+    pq = ProductQuantizer(16, 8, 12, ema_decay=ema_decay, backend="triton", kmeans_init=False).to(DEV)
+    z = torch.randn(2, 16, 4, 4, device=DEV, requires_grad=True)
+    before = pq.codebooks.detach().clone()
+    out = pq(z)
+    rows = z.detach().movedim(1, -1).reshape(-1, 16)
+    _, ref_idx = reference.pq_assign(rows.cpu(), before.cpu())
+    assert torch.equal(out.indices.reshape(-1, 8).cpu(), ref_idx)
+    (out.quantized.square().mean() + out.loss).backward()
+    assert z.grad is not None and torch.isfinite(z.grad).all()
+    if ema_decay is None:
+        assert pq.codebooks.grad is not None and pq.codebooks.grad.abs().sum() > 0
+    else:
+        assert not torch.equal(pq.codebooks, before)
+
+
+# --- GPU only: real autotune, big K and S*d ---------------------------------------------------------------------
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("N,S,d,K", [(4099, 1, 1, 65536), (1000, 4, 16, 65536), (2051, 512, 2, 512),
+                                     (777, 1, 1024, 300), (1500, 32, 32, 4096), (30720, 64, 2, 512)])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_gpu_large_shapes(N, S, d, K, dtype):
+    x, cb = random_case(N, S, d, K, dtype=dtype, device="cuda", seed=N)
+    q, idx = pqgan_kernels.pq_assign(x, cb, backend="triton")
+    assert_assignment(x, cb, q, idx)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("precision", ["tf32", "bf16"])
+def test_gpu_fast_mode(precision):
+    x, cb = random_case(8192, 16, 16, 512, device="cuda", seed=2)
+    q, idx = triton_assign.assign(x, cb, "l2", mode="fast", precision=precision)
+    assert_assignment(x, cb, q, idx)
+    rates = triton_assign.fast_path_mismatch(x, cb, precision=precision)
+    print(f"fast {precision}: {rates}")
+    assert rates["after_recheck"] <= 1e-3
+
+
+@pytest.mark.gpu
+def test_gpu_ema_stats_large():
+    N, S, d, K = 65536, 16, 16, 512
+    x, _ = random_case(N, S, d, K, device="cuda", seed=4)
+    idx = torch.randint(0, K, (N, S), device="cuda")
+    counts, sums = triton_ema.ema_stats(x, idx, K)
+    rc, rs = reference.pq_ema_stats(x, idx, K)
+    assert torch.equal(counts, rc)
+    torch.testing.assert_close(sums, rs, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.skipif(os.environ.get("TRITON_INTERPRET") != "1", reason="interpreter-only check")
+def test_backend_runs_on_cpu_under_interpreter():
+    assert "cpu" in dispatch.get_backend("triton").devices
