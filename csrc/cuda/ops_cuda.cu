@@ -1,0 +1,265 @@
+// CUDA implementations of the pqgan_native ops (schemas in native_ops.cpp).
+//
+// pq_assign: grid (row blocks, S). Each block stages a chunk of codebook s (kc codes x d, compute type) in shared
+//   memory; each thread keeps RPT rows' sub-vectors in registers (compile-time d in {1,2,3,4,8,16,32,64}; other d
+//   read x from global memory) and scans the chunk with exact FMAs (sum of squared differences, or minus the dot
+//   product with pre-normalised codewords for cosine), keeping a running (best, index) per row: codes are visited in
+//   increasing order with a strict "<", so ties go to the lowest index. No (N, K) buffer. A second small kernel
+//   gathers the chosen codewords into quantized (x.dtype).
+// pq_ema_stats / pq_codebook_grad: one thread per element, atomicAdd into (S, K, d) (and (S, K) counts); the sum
+//   order is therefore not deterministic (fp32 rounding differs run to run). Out-of-range indices are skipped here;
+//   the Python op checks the range before calling.
+#include <ATen/ATen.h>
+#include <ATen/Dispatch.h>
+#include <c10/cuda/CUDAException.h>
+#include <c10/cuda/CUDAGuard.h>
+#include <c10/cuda/CUDAStream.h>
+#include <torch/library.h>
+
+#include <limits>
+
+#include "checks.h"
+
+namespace pqgan {
+namespace cuda {
+namespace {
+
+constexpr int kThreads = 128;
+constexpr int kSmemBytes = 32 * 1024;  // codebook chunk staged per block
+
+template <typename T> __device__ __forceinline__ T fma_(T a, T b, T c);
+template <> __device__ __forceinline__ float fma_(float a, float b, float c) { return __fmaf_rn(a, b, c); }
+template <> __device__ __forceinline__ double fma_(double a, double b, double c) { return __fma_rn(a, b, c); }
+
+template <typename T> __device__ __forceinline__ T inf_();
+template <> __device__ __forceinline__ float inf_() { return __int_as_float(0x7f800000); }
+template <> __device__ __forceinline__ double inf_() { return __longlong_as_double(0x7ff0000000000000LL); }
+
+// Rows per thread: enough independent work for small d, few registers for large d.
+template <int D> struct RowsPerThread { static constexpr int value = D == 0 ? 1 : (D <= 4 ? 4 : (D <= 16 ? 2 : 1)); };
+
+// x (N, S*d) T, cb (S, K, d) T -> indices (N, S) int64. D = d at compile time, or 0 (run-time d).
+template <typename T, int D>
+__global__ void __launch_bounds__(kThreads)
+assign_kernel(const T* __restrict__ x, const T* __restrict__ cb, int64_t N, int S, int K, int d_rt, int kc,
+              bool cosine, int64_t* __restrict__ indices) {
+  constexpr int RPT = RowsPerThread<D>::value;
+  constexpr int XD = D == 0 ? 1 : D;
+  const int d = D == 0 ? d_rt : D;
+  extern __shared__ __align__(16) unsigned char smem_raw[];
+  T* tile = reinterpret_cast<T*>(smem_raw);
+  const int s = blockIdx.y;
+  const int64_t D_total = static_cast<int64_t>(S) * d;
+  const int64_t row0 = static_cast<int64_t>(blockIdx.x) * (kThreads * RPT) + threadIdx.x;
+
+  T xr[RPT][XD];
+  const T* xrow[RPT];
+  T best[RPT];
+  int bidx[RPT];
+#pragma unroll
+  for (int r = 0; r < RPT; ++r) {
+    const int64_t n = min(row0 + static_cast<int64_t>(r) * kThreads, N - 1);  // clamp: tail rows are not written
+    xrow[r] = x + n * D_total + static_cast<int64_t>(s) * d;
+    if (D != 0) {
+#pragma unroll
+      for (int j = 0; j < XD; ++j) xr[r][j] = xrow[r][j];
+    }
+    best[r] = inf_<T>();
+    bidx[r] = 0;
+  }
+  const T* cbs = cb + static_cast<int64_t>(s) * K * d;
+  for (int k0 = 0; k0 < K; k0 += kc) {
+    const int n_codes = min(kc, K - k0);
+    __syncthreads();
+    for (int i = threadIdx.x; i < n_codes * d; i += kThreads) tile[i] = cbs[static_cast<int64_t>(k0) * d + i];
+    __syncthreads();
+    if (cosine) {
+      for (int k = 0; k < n_codes; ++k) {
+        const T* c = tile + k * d;
+#pragma unroll
+        for (int r = 0; r < RPT; ++r) {
+          T acc = T(0);
+          if (D != 0) {
+#pragma unroll
+            for (int j = 0; j < XD; ++j) acc = fma_<T>(-c[j], xr[r][j], acc);
+          } else {
+            for (int j = 0; j < d; ++j) acc = fma_<T>(-c[j], xrow[r][j], acc);
+          }
+          if (acc < best[r]) { best[r] = acc; bidx[r] = k0 + k; }
+        }
+      }
+    } else {
+      for (int k = 0; k < n_codes; ++k) {
+        const T* c = tile + k * d;
+#pragma unroll
+        for (int r = 0; r < RPT; ++r) {
+          T acc = T(0);
+          if (D != 0) {
+#pragma unroll
+            for (int j = 0; j < XD; ++j) { const T diff = c[j] - xr[r][j]; acc = fma_<T>(diff, diff, acc); }
+          } else {
+            for (int j = 0; j < d; ++j) { const T diff = c[j] - xrow[r][j]; acc = fma_<T>(diff, diff, acc); }
+          }
+          if (acc < best[r]) { best[r] = acc; bidx[r] = k0 + k; }
+        }
+      }
+    }
+  }
+#pragma unroll
+  for (int r = 0; r < RPT; ++r) {
+    const int64_t n = row0 + static_cast<int64_t>(r) * kThreads;
+    if (n < N) indices[n * S + s] = bidx[r];
+  }
+}
+
+// quantized[n, s*d + j] = cbx[s, indices[n, s], j]
+template <typename scalar_t>
+__global__ void lookup_kernel(const scalar_t* __restrict__ cbx, const int64_t* __restrict__ indices, int64_t N, int S,
+                              int K, int d, scalar_t* __restrict__ quantized) {
+  const int64_t total = N * S * d;
+  for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < total;
+       i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+    const int64_t ns = i / d;
+    const int j = static_cast<int>(i - ns * d);
+    const int s = static_cast<int>(ns % S);
+    quantized[i] = cbx[(static_cast<int64_t>(s) * K + indices[ns]) * d + j];
+  }
+}
+
+template <typename T, int D>
+void launch_assign(const at::Tensor& x, const at::Tensor& cb, bool cosine, at::Tensor& indices, cudaStream_t stream) {
+  const int64_t N = x.size(0);
+  const int S = static_cast<int>(cb.size(0)), K = static_cast<int>(cb.size(1)), d = static_cast<int>(cb.size(2));
+  constexpr int RPT = RowsPerThread<D>::value;
+  const int kc = static_cast<int>(std::max<int64_t>(1, std::min<int64_t>(K, kSmemBytes / (d * sizeof(T)))));
+  const int64_t blocks = (N + kThreads * RPT - 1) / (kThreads * RPT);
+  TORCH_CHECK_VALUE(blocks <= std::numeric_limits<int>::max(), "pq_assign (cuda): too many rows (", N, ")");
+  const dim3 grid(static_cast<unsigned>(blocks), static_cast<unsigned>(S));
+  const size_t smem = static_cast<size_t>(kc) * d * sizeof(T);
+  assign_kernel<T, D><<<grid, kThreads, smem, stream>>>(x.data_ptr<T>(), cb.data_ptr<T>(), N, S, K, d, kc, cosine,
+                                                        indices.data_ptr<int64_t>());
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+}
+
+template <typename T>
+void assign_dispatch_d(const at::Tensor& x, const at::Tensor& cb, bool cosine, at::Tensor& indices,
+                       cudaStream_t stream) {
+  switch (cb.size(2)) {
+    case 1: return launch_assign<T, 1>(x, cb, cosine, indices, stream);
+    case 2: return launch_assign<T, 2>(x, cb, cosine, indices, stream);
+    case 3: return launch_assign<T, 3>(x, cb, cosine, indices, stream);
+    case 4: return launch_assign<T, 4>(x, cb, cosine, indices, stream);
+    case 8: return launch_assign<T, 8>(x, cb, cosine, indices, stream);
+    case 16: return launch_assign<T, 16>(x, cb, cosine, indices, stream);
+    case 32: return launch_assign<T, 32>(x, cb, cosine, indices, stream);
+    case 64: return launch_assign<T, 64>(x, cb, cosine, indices, stream);
+    default: return launch_assign<T, 0>(x, cb, cosine, indices, stream);
+  }
+}
+
+std::tuple<at::Tensor, at::Tensor> pq_assign_cuda(const at::Tensor& x_in, const at::Tensor& codebooks, bool cosine) {
+  check_assign_args(x_in, codebooks);
+  TORCH_CHECK_VALUE(x_in.is_cuda(), "pq_assign (cuda): tensors must be on a CUDA device, got ", x_in.device());
+  const int64_t N = x_in.size(0), S = codebooks.size(0), K = codebooks.size(1), d = codebooks.size(2);
+  TORCH_CHECK_VALUE(S <= 65535, "pq_assign (cuda): at most 65535 subspaces, got ", S);
+  TORCH_CHECK_VALUE(d * 8 <= kSmemBytes, "pq_assign (cuda): subspace dim d <= ", kSmemBytes / 8, ", got ", d);
+  const c10::cuda::CUDAGuard guard(x_in.device());
+  cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
+  const at::ScalarType ct = compute_dtype(x_in, codebooks);
+  const at::Tensor x = x_in.to(ct).contiguous();
+  at::Tensor cb = codebooks.to(ct);
+  if (cosine) cb = cb / cb.norm(2, -1, /*keepdim=*/true).clamp_min(1e-12);
+  cb = cb.contiguous();
+  at::Tensor indices = at::empty({N, S}, x_in.options().dtype(at::kLong));
+  if (ct == at::kDouble) assign_dispatch_d<double>(x, cb, cosine, indices, stream);
+  else assign_dispatch_d<float>(x, cb, cosine, indices, stream);
+
+  const at::Tensor cbx = codebooks.to(x_in.scalar_type()).contiguous();
+  at::Tensor quantized = at::empty({N, S * d}, x_in.options().memory_format(at::MemoryFormat::Contiguous));
+  const int64_t total = N * S * d;
+  const int threads = 256;
+  const int blocks = static_cast<int>(std::min<int64_t>((total + threads - 1) / threads, 65535 * 8));
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x_in.scalar_type(), "pq_lookup_cuda", [&] {
+    lookup_kernel<scalar_t><<<blocks, threads, 0, stream>>>(cbx.data_ptr<scalar_t>(), indices.data_ptr<int64_t>(), N,
+                                                            static_cast<int>(S), static_cast<int>(K),
+                                                            static_cast<int>(d), quantized.data_ptr<scalar_t>());
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  });
+  return {quantized, indices};
+}
+
+// sums[s, k, j] += values[n, s*d + j], counts[s, k] += 1 (when counts != nullptr), k = indices[n, s].
+template <typename scalar_t, typename T, typename index_t>
+__global__ void scatter_kernel(const scalar_t* __restrict__ values, const index_t* __restrict__ indices, int64_t N,
+                               int S, int K, int d, T* __restrict__ sums, T* __restrict__ counts) {
+  const int64_t total = N * S * d;
+  for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < total;
+       i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+    const int64_t ns = i / d;
+    const int j = static_cast<int>(i - ns * d);
+    const int s = static_cast<int>(ns % S);
+    const int64_t k = static_cast<int64_t>(indices[ns]);
+    if (k < 0 || k >= K) continue;  // range is checked by the caller; never write out of bounds
+    const int64_t code = static_cast<int64_t>(s) * K + k;
+    atomicAdd(sums + code * d + j, static_cast<T>(values[i]));
+    if (counts != nullptr && j == 0) atomicAdd(counts + code, T(1));
+  }
+}
+
+void scatter_cuda(const at::Tensor& values, const at::Tensor& indices, at::Tensor& sums, at::Tensor* counts) {
+  const int64_t N = indices.size(0);
+  const int S = static_cast<int>(indices.size(1)), K = static_cast<int>(sums.size(1)),
+            d = static_cast<int>(sums.size(2));
+  const int64_t total = N * S * d;
+  if (total == 0) return;
+  const c10::cuda::CUDAGuard guard(values.device());
+  cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
+  const int threads = 256;
+  const int blocks = static_cast<int>(std::min<int64_t>((total + threads - 1) / threads, 65535 * 8));
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, values.scalar_type(), "pq_scatter_cuda", [&] {
+    using T = typename std::conditional<std::is_same<scalar_t, double>::value, double, float>::type;
+    T* cp = counts ? counts->data_ptr<T>() : nullptr;
+    if (indices.scalar_type() == at::kLong) {
+      scatter_kernel<scalar_t, T, int64_t><<<blocks, threads, 0, stream>>>(
+          values.data_ptr<scalar_t>(), indices.data_ptr<int64_t>(), N, S, K, d, sums.data_ptr<T>(), cp);
+    } else {
+      scatter_kernel<scalar_t, T, int32_t><<<blocks, threads, 0, stream>>>(
+          values.data_ptr<scalar_t>(), indices.data_ptr<int32_t>(), N, S, K, d, sums.data_ptr<T>(), cp);
+    }
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  });
+}
+
+std::tuple<at::Tensor, at::Tensor> pq_ema_stats_cuda(const at::Tensor& x_in, const at::Tensor& indices_in,
+                                                     int64_t num_codes) {
+  check_scatter_args("pq_ema_stats", x_in, indices_in, num_codes);
+  TORCH_CHECK_VALUE(x_in.is_cuda(), "pq_ema_stats (cuda): tensors must be on a CUDA device, got ", x_in.device());
+  const at::Tensor x = x_in.contiguous(), indices = indices_in.contiguous();
+  const int64_t S = indices.size(1), d = x.size(1) / S;
+  const auto opts = x.options().dtype(compute_dtype(x));
+  at::Tensor counts = at::zeros({S, num_codes}, opts);
+  at::Tensor sums = at::zeros({S, num_codes, d}, opts);
+  scatter_cuda(x, indices, sums, &counts);
+  return {counts, sums};
+}
+
+at::Tensor pq_codebook_grad_cuda(const at::Tensor& grad_in, const at::Tensor& indices_in, int64_t num_codes) {
+  check_scatter_args("pq_codebook_grad", grad_in, indices_in, num_codes);
+  TORCH_CHECK_VALUE(grad_in.is_cuda(), "pq_codebook_grad (cuda): tensors must be on a CUDA device, got ",
+                    grad_in.device());
+  const at::Tensor grad = grad_in.contiguous(), indices = indices_in.contiguous();
+  const int64_t S = indices.size(1), d = grad.size(1) / S;
+  at::Tensor sums = at::zeros({S, num_codes, d}, grad.options().dtype(compute_dtype(grad)));
+  scatter_cuda(grad, indices, sums, nullptr);
+  return sums;
+}
+
+}  // namespace
+}  // namespace cuda
+}  // namespace pqgan
+
+TORCH_LIBRARY_IMPL(pqgan_native, CUDA, m) {
+  m.impl("pq_assign", &pqgan::cuda::pq_assign_cuda);
+  m.impl("pq_ema_stats", &pqgan::cuda::pq_ema_stats_cuda);
+  m.impl("pq_codebook_grad", &pqgan::cuda::pq_codebook_grad_cuda);
+}
