@@ -9,6 +9,9 @@ Images are (B, C, R, R) in [-1, 1]. With F = 2**(len(ch_mult) - 1) and h = w = R
     decode_indices(idx)   -> img
     forward(img)          -> (recon, QuantizerOutput)
 
+Latent interface for diffusion models (``pqgan/latents.py``): encode_latents(img) -> scaled quantised latents,
+decode_latents(z) -> images from re-quantised z, fit_scaling_factor(data); ``scaling_factor`` is a buffer.
+
 VQ (S = 1) and scalar quantisation (d = D / S = 1) are the same class with other config numbers.
 """
 from __future__ import annotations
@@ -20,11 +23,12 @@ import torch
 from torch import nn
 
 from .config import ModelConfig
+from .latents import LatentInterface
 from .modules import Decoder, Encoder
 from .quantizer import ProductQuantizer, QuantizerOutput
 
 
-class PQGAN(nn.Module):
+class PQGAN(LatentInterface, nn.Module):
     """Encoder -> 1x1 quant_conv -> ProductQuantizer -> 1x1 post_quant_conv -> Decoder."""
 
     def __init__(self, config: Union[ModelConfig, dict[str, Any]]):
@@ -48,6 +52,8 @@ class PQGAN(nn.Module):
                                           commitment_weight=c.commitment_weight, codebook_weight=c.codebook_weight,
                                           distance=c.distance, kmeans_init=c.kmeans_init,
                                           dead_code_threshold=c.dead_code_threshold, backend=c.backend)
+        # Latent-diffusion scale (see pqgan/latents.py): 1 / std of the quantised latents once fitted.
+        self.register_buffer("scaling_factor", torch.ones((), dtype=torch.float32))
 
     @classmethod
     def from_config(cls, config: Union[ModelConfig, dict[str, Any], str]) -> "PQGAN":
