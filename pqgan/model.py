@@ -91,8 +91,9 @@ class PQGAN(LatentInterface, nn.Module):
 
     def quantize(self, z: torch.Tensor) -> QuantizerOutput:
         """Quantise (B, D, h, w) latents in float32 (outside any autocast region)."""
-        ctx = torch.autocast(z.device.type, enabled=False) if torch.is_autocast_enabled(z.device.type) \
-            else contextlib.nullcontext()
+        kind = z.device.type
+        autocast_on = torch.amp.is_autocast_available(kind) and torch.is_autocast_enabled(kind)
+        ctx = torch.autocast(kind, enabled=False) if autocast_on else contextlib.nullcontext()
         with ctx:
             return self.quantizer(z.float())
 
