@@ -1,0 +1,117 @@
+"""The benchmark script runs end to end (``--quick``, CPU, subprocess) and writes a well-formed JSON report; the
+benchmark's naive quantiser has the product's semantics. No timing assertions."""
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import torch
+
+from kernel_checks import random_case
+from pqgan_kernels import reference
+
+ROOT = Path(__file__).resolve().parents[1]
+BENCH = ROOT / "benchmarks"
+
+# loaded by path: putting benchmarks/ on sys.path would shadow generic module names (configs, timing) for others
+_spec = importlib.util.spec_from_file_location("bench_naive_quantizer", BENCH / "naive_quantizer.py")
+_naive = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(_naive)
+NaiveProductQuantizer, naive_ema_update = _naive.NaiveProductQuantizer, _naive.naive_ema_update
+
+MEASUREMENTS = ("forward", "train", "ema")
+TIMING_KEYS = ("median_ms", "p20_ms", "p80_ms", "min_ms", "max_ms", "samples_ms", "timer")
+
+
+def test_bench_quick_json(tmp_path):
+    out, png = tmp_path / "bench.json", tmp_path / "bench.png"
+    env = {k: v for k, v in os.environ.items() if k != "CUDA_VISIBLE_DEVICES"}
+    env["CUDA_VISIBLE_DEVICES"] = ""  # CPU run even on a GPU machine
+    # Two configs (d=2: the small-d kernels; d=16: the dot kernels); torch.compile off and one thread to stay
+    # fast on a shared 2-core machine.
+    cmd = [sys.executable, str(BENCH / "bench_pq.py"), "--quick", "--configs", "f16,mid", "--compile", "none",
+           "--threads", "1", "--json", str(out), "--plot", str(png)]
+    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+
+    # stdout: exactly one markdown table
+    table_lines = [line for line in proc.stdout.splitlines() if line.startswith("|")]
+    assert table_lines and table_lines[1].startswith("|---")
+    assert sum(1 for line in table_lines if line.startswith("|---")) == 1
+
+    report = json.loads(out.read_text())
+    assert report["schema"] == "pqgan-bench/1"
+    machine = report["machine"]
+    for key in ("cpu_model", "torch", "triton", "torch_cuda", "date_utc", "device"):
+        assert key in machine
+    assert machine["device"] == "cpu"
+    assert set(report["configs"]) == {"f16", "mid"}
+    assert report["settings"]["memory_methods"]
+    contenders = report["contenders"]
+    for name in ("naive", "torch.compile", "pqgan:reference", "vector-quantize-pytorch", "flash-kmeans", "faiss"):
+        assert name in contenders
+    for name, info in contenders.items():
+        assert info["available"] == (info["reason"] is None), name
+    assert contenders["naive"]["available"] and contenders["pqgan:reference"]["available"]
+    assert not contenders["flash-kmeans"]["available"]  # GPU only
+
+    rows = {(r["config"], r["contender"]): r for r in report["results"]}
+    assert set(rows) == {(c, n) for c in report["configs"] for n in contenders}
+    for (config, name), row in rows.items():
+        cfg = report["configs"][config]
+        assert (row["N"], row["S"], row["d"], row["K"]) == (cfg["N"], cfg["S"], cfg["d"], cfg["K"])
+        assert set(row["measurements"]) == set(MEASUREMENTS)
+        for what, m in row["measurements"].items():
+            assert m["status"] in ("ok", "skipped"), (config, name, what)
+            if m["status"] == "skipped":
+                assert isinstance(m["reason"], str) and m["reason"], (config, name, what)
+                continue
+            for key in TIMING_KEYS:
+                assert key in m, (config, name, what, key)
+            assert 0 < m["min_ms"] <= m["median_ms"] <= m["max_ms"]
+            assert m["speedup_vs_naive"] > 0
+            assert m["peak_extra_bytes"] is None or m["peak_extra_bytes"] >= 0
+            if what == "forward":
+                assert 0.0 <= m["agreement"] <= 1.0
+        if not contenders[name]["available"]:
+            assert all(m["status"] == "skipped" for m in row["measurements"].values())
+    # the baseline and the oracle backend always produce numbers, and the oracle agrees with itself
+    for config in report["configs"]:
+        for what in MEASUREMENTS:
+            assert rows[(config, "naive")]["measurements"][what]["status"] == "ok"
+            assert rows[(config, "pqgan:reference")]["measurements"][what]["status"] == "ok"
+        assert rows[(config, "pqgan:reference")]["measurements"]["forward"]["agreement"] == 1.0
+    assert png.stat().st_size > 1000
+
+
+def test_naive_ema_matches_reference():
+    x, cb = random_case(200, 4, 3, 16, seed=1)
+    _, idx = reference.pq_assign(x, cb)
+    ours = [cb.clone(), torch.rand(4, 16) + 0.5, torch.randn(4, 16, 3)]
+    ref = [t.clone() for t in ours]
+    naive_ema_update(x, idx, *ours, 0.9, 1e-5)
+    reference.pq_ema_update(x, idx, *ref, 0.9, 1e-5)
+    for a, b in zip(ours, ref):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+
+
+def test_naive_quantizer_semantics():
+    # integer inputs: the |x|^2 - 2x.c + |c|^2 expansion is exact, so indices equal the oracle's (ties included)
+    x, cb = random_case(100, 4, 2, 8, integer=True, seed=2)
+    layer = NaiveProductQuantizer(8, 4, 8).train()
+    layer.codebooks.copy_(cb)
+    layer.embed_sum.copy_(cb)
+    z = x.clone().requires_grad_(True)
+    out, idx, loss, perplexity = layer(z)
+    q_ref, idx_ref = reference.pq_assign(x, cb)
+    assert torch.equal(idx, idx_ref) and torch.equal(out.detach(), q_ref)
+    torch.testing.assert_close(loss, 0.25 * (x - q_ref).square().mean())
+    assert perplexity.shape == (4,) and bool((perplexity >= 1).all())
+    out.sum().backward()
+    assert torch.equal(z.grad, torch.ones_like(z))  # straight-through
+    cs, es = torch.ones(4, 8), cb.clone()
+    cb_ref = cb.clone()
+    reference.pq_ema_update(x, idx_ref, cb_ref, cs, es, 0.99, 1e-5)
+    torch.testing.assert_close(layer.codebooks, cb_ref)
