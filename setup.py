@@ -53,6 +53,7 @@ setup(
         "test": ["pytest"],
         "metrics": ["lpips", "scikit-image"],
         "bench": ["matplotlib"],
+        "diffusion": ["diffusers"],
     },
     entry_points={"console_scripts": ["pqgan-train=pqgan.train:main", "pqgan-eval=pqgan.evaluate:main"]},
     ext_modules=[extension()],
