@@ -202,7 +202,7 @@ def test_tiny_model_learns_on_real_photos():
         opt.zero_grad()
         loss.backward()
         opt.step()
-        losses.append(float(loss))
+        losses.append(float(loss.detach()))
     first, last = sum(losses[:5]) / 5, sum(losses[-5:]) / 5
     assert all(torch.isfinite(torch.tensor(losses)))
     assert last < 0.67 * first, (first, last)
