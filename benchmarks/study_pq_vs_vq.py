@@ -218,8 +218,9 @@ def train_run(cfg: Config, train_set, device: torch.device, log_every: int = 50,
                 tail.setdefault("train_perplexity", []).append(float(q.stats.perplexity.mean()))
             step += 1
             if log_every and (step % log_every == 0 or step == tc.steps):
-                log(f"  [{cfg.name}] step {step}/{tc.steps} loss {float(loss):.4f} l1 {float(logs['l1']):.4f} "
-                    f"ppl {float(q.stats.perplexity.mean()):.1f} ({time.perf_counter() - t0:.0f}s)")
+                log(f"  [{cfg.name}] step {step}/{tc.steps} loss {float(loss.detach()):.4f} "
+                    f"l1 {float(logs['l1']):.4f} ppl {float(q.stats.perplexity.mean()):.1f} "
+                    f"({time.perf_counter() - t0:.0f}s)")
     train_s = time.perf_counter() - t0
     summary = {f"train_{k}" if not k.startswith("train_") else k: sum(v) / len(v) for k, v in tail.items()}
     summary.update(train_time_s=train_s, train_steps=step, sec_per_step=train_s / max(step, 1))
