@@ -3,7 +3,8 @@ from .packing import bits_per_code, pack_indices, unpack_indices
 from .quantizer import ProductQuantizer, QuantizerOutput, QuantizerStats
 from .config import Config, LossConfig, ModelConfig, TrainConfig, apply_overrides, load_config
 from .model import PQGAN
+from .checkpoint import load_pretrained
 
 __all__ = ["ProductQuantizer", "QuantizerOutput", "QuantizerStats", "bits_per_code", "pack_indices",
            "unpack_indices", "Config", "LossConfig", "ModelConfig", "TrainConfig", "apply_overrides",
-           "load_config", "PQGAN"]
+           "load_config", "PQGAN", "load_pretrained"]
