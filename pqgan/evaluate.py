@@ -28,12 +28,22 @@ def build_eval_dataset(cfg: Config, root: Optional[str], split: str, resolution:
     return build_dataset(root=root, resolution=resolution, split=split, val_fraction=cfg.train.val_fraction)
 
 
-def _perceptual(kind: str):
-    """The perceptual backend the loss module uses (``pqgan.perceptual``), or None for "none"."""
+def _perceptual(kind: Optional[str], cfg: Config):
+    """The perceptual backend the loss module uses (``pqgan.perceptual.build_perceptual`` with the config's network),
+    or None for "none". kind=None means the config's ``loss.perceptual``; if that one is unavailable offline the
+    metric is skipped with a warning (an explicitly requested kind raises instead)."""
+    from .perceptual import build_perceptual
+    requested = kind
+    kind = kind or cfg.loss.perceptual
     if kind == "none":
         return None
-    from .perceptual import build_perceptual
-    return build_perceptual(kind)
+    try:
+        return build_perceptual(kind, cfg.loss.perceptual_net)
+    except RuntimeError as e:
+        if requested is not None:
+            raise
+        print(f"pqgan-eval: perceptual distance not computed: {e}", file=sys.stderr)
+        return None
 
 
 @torch.no_grad()
@@ -99,7 +109,7 @@ def run(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
     model = ckpt.load_pretrained(ckpt_dir, map_location=device)
     resolution = args.resolution or cfg.train.resolution
     dataset = build_eval_dataset(cfg, args.data, args.split, resolution)
-    perceptual = _perceptual(args.perceptual or cfg.loss.perceptual)
+    perceptual = _perceptual(args.perceptual, cfg)
     inception = None
     if not args.no_fid and inception_weights_path() is not None:
         inception = InceptionFeatures(device=device)
