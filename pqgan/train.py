@@ -82,6 +82,18 @@ def _allreduce_grads(module: torch.nn.Module, world_size: int) -> None:
         offset += g.numel()
 
 
+def _wrap_ddp(model: torch.nn.Module, device: torch.device) -> torch.nn.Module:
+    """DDP that syncs buffers once at construction but never per forward (the quantiser keeps them in step)."""
+    import inspect
+    ddp = torch.nn.parallel.DistributedDataParallel
+    kwargs = {"device_ids": [device.index] if device.type == "cuda" else None}
+    if "forward_sync_buffers" in inspect.signature(ddp.__init__).parameters:
+        kwargs["forward_sync_buffers"] = False
+    else:  # older torch
+        kwargs["broadcast_buffers"] = False
+    return ddp(model, **kwargs)
+
+
 # --- data ----------------------------------------------------------------------------------------------------------
 
 def _seed_worker(worker_id: int) -> None:
@@ -225,8 +237,7 @@ def train(cfg: Config, out: str, *, resume_from: Optional[str] = None, device: O
 
     net = model
     if info.enabled:
-        net = torch.nn.parallel.DistributedDataParallel(
-            model, device_ids=[device.index] if device.type == "cuda" else None, broadcast_buffers=False)
+        net = _wrap_ddp(model, device)
 
     if dataset is None:
         dataset = build_train_dataset(cfg)
