@@ -22,7 +22,7 @@ from typing import Any, Union
 import torch
 from torch import nn
 
-from .config import ModelConfig
+from .config import Config, ModelConfig
 from .latents import LatentInterface
 from .modules import Decoder, Encoder
 from .quantizer import ProductQuantizer, QuantizerOutput
@@ -31,8 +31,10 @@ from .quantizer import ProductQuantizer, QuantizerOutput
 class PQGAN(LatentInterface, nn.Module):
     """Encoder -> 1x1 quant_conv -> ProductQuantizer -> 1x1 post_quant_conv -> Decoder."""
 
-    def __init__(self, config: Union[ModelConfig, dict[str, Any]]):
+    def __init__(self, config: Union[ModelConfig, Config, dict[str, Any]]):
         super().__init__()
+        if isinstance(config, Config):
+            config = config.model
         if isinstance(config, dict):
             config = ModelConfig(**config)
         if not isinstance(config, ModelConfig):
@@ -56,8 +58,8 @@ class PQGAN(LatentInterface, nn.Module):
         self.register_buffer("scaling_factor", torch.ones((), dtype=torch.float32))
 
     @classmethod
-    def from_config(cls, config: Union[ModelConfig, dict[str, Any], str]) -> "PQGAN":
-        """From a ModelConfig, a dict of its fields, or a config name / YAML path (its ``model`` section)."""
+    def from_config(cls, config: Union[ModelConfig, Config, dict[str, Any], str]) -> "PQGAN":
+        """From a ModelConfig, a Config, a dict of ModelConfig fields, or a config name / YAML path."""
         if isinstance(config, str):
             from .config import load_config
             config = load_config(config).model

@@ -167,6 +167,12 @@ def test_latent_api_and_ema_switch():
     assert recon.shape == x.shape
 
 
+def test_constructors():
+    cfg = load_config("tiny_f8_vq")
+    for model in (PQGAN(cfg), PQGAN(cfg.model), PQGAN(cfg.to_dict()["model"]), PQGAN.from_config("tiny_f8_vq")):
+        assert model.config == cfg.model
+
+
 def test_bad_inputs():
     model = PQGAN.from_config("tiny_f8_sq")
     with pytest.raises(ValueError, match="multiples of 8"):
