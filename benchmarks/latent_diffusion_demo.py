@@ -219,10 +219,11 @@ def run_demo(args) -> dict:
 
 # --- (c) denoiser cost at F8 vs F16 --------------------------------------------------------------------------------
 
-def bench_unet(channels: int):
-    """The fixed denoiser of the cost benchmark: an LDM-style UNet2DModel (3 levels, attention at the lower two)."""
+def bench_unet(channels: int, width: int = 128):
+    """The fixed denoiser of the cost benchmark: an LDM-style UNet2DModel (3 levels of width, 2*width, 2*width
+    channels, attention at the lower two)."""
     from diffusers import UNet2DModel
-    return UNet2DModel(in_channels=channels, out_channels=channels, block_out_channels=(128, 256, 256),
+    return UNet2DModel(in_channels=channels, out_channels=channels, block_out_channels=(width, 2 * width, 2 * width),
                        layers_per_block=2, down_block_types=("DownBlock2D", "AttnDownBlock2D", "AttnDownBlock2D"),
                        up_block_types=("AttnUpBlock2D", "AttnUpBlock2D", "UpBlock2D"), attention_head_dim=32,
                        norm_num_groups=32)
@@ -257,7 +258,7 @@ def run_bench(args) -> dict:
     if len(channels) != 1:
         raise ValueError(f"the compared configs must share D, got {channels}")
     torch.manual_seed(args.seed)
-    unet = bench_unet(channels.pop()).to(device)
+    unet = bench_unet(channels.pop(), args.bench_width).to(device)
     params = sum(p.numel() for p in unet.parameters())
     B = args.bench_batch
     g = torch.Generator().manual_seed(args.seed)
@@ -352,6 +353,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     b = p.add_argument_group("bench")
     b.add_argument("--image-size", type=int, default=256, help="F8 and F16 image side; F16 also at twice it")
     b.add_argument("--bench-batch", type=int, default=2)
+    b.add_argument("--bench-width", type=int, default=128, help="the UNet's first-level channels (multiple of 32)")
     b.add_argument("--bench-repeats", type=int, default=5)
     b.add_argument("--bench-warmup", type=int, default=1)
     args = p.parse_args(argv)
