@@ -4,6 +4,8 @@ Every run trains the ``tiny_f8`` autoencoder (``pqgan/configs/tiny_f8_pq.yaml``:
 level) from the same seed, on the same sequence of random crops, with the same optimiser and step count; only the
 quantiser numbers (D = embed_dim, S = num_subspaces, d = D / S, K = codebook_size) change. Objective: L1 + ST-LPIPS
 (alex trunk, the bundled shift-tolerant weights) + the quantiser loss; **no GAN** (loss.disc_weight = 0).
+Codebooks are trained by gradient (the paper's recipe) and initialised by k-means++ on the first batch in every run
+(``--no-kmeans-init`` keeps the N(0, 1) init, under which VQ collapses to a single code at this budget).
 
 Groups of runs (a run shared by two groups is trained once):
     s_sweep : D=128, K=256, S in {1 (VQ), 4, 16, 64 (d=2), 128 (d=1, SQ)}
@@ -55,11 +57,12 @@ TABLE_BEGIN, TABLE_END = "<!-- study-table:begin -->", "<!-- study-table:end -->
 
 # Budgets. "cpu" sizes the whole default study (14 runs) for a shared 2-core CPU; "gpu" is a bigger setting.
 PRESETS: Dict[str, Dict[str, Any]] = {
-    "cpu": dict(steps=200, batch_size=8, crop=32, scale=64, lr=1e-3, eval_images=50, eval_crop=64),
+    "cpu": dict(steps=150, batch_size=8, crop=32, scale=64, lr=1e-3, eval_images=50, eval_crop=64),
     "gpu": dict(steps=5000, batch_size=32, crop=128, scale=256, lr=2e-4, eval_images=200, eval_crop=256),
 }
 # Budget keys a stored run must match to be reused.
-BUDGET_KEYS = ("steps", "batch_size", "crop", "scale", "lr", "seed", "eval_images", "eval_crop", "perceptual")
+BUDGET_KEYS = ("steps", "batch_size", "crop", "scale", "lr", "seed", "eval_images", "eval_crop", "perceptual",
+               "kmeans_init")
 
 
 @dataclass(frozen=True)
@@ -120,7 +123,7 @@ def run_config(spec: RunSpec, budget: Dict[str, Any]) -> Config:
     return apply_overrides(cfg, [
         f"name={spec.name}",
         f"model.embed_dim={spec.D}", f"model.num_subspaces={spec.S}", f"model.codebook_size={spec.K}",
-        f"model.resolution={budget['crop']}", "model.backend=auto",
+        f"model.resolution={budget['crop']}", "model.backend=auto", f"model.kmeans_init={budget['kmeans_init']}",
         f"loss.perceptual={budget['perceptual']}", "loss.perceptual_net=alex", "loss.disc_weight=0",
         f"train.steps={budget['steps']}", f"train.batch_size={budget['batch_size']}", f"train.lr={budget['lr']}",
         f"train.resolution={budget['crop']}", f"train.seed={budget['seed']}",
@@ -404,6 +407,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--eval-crop", type=int, help="evaluation center-crop side (multiple of 8, >= 11)")
     p.add_argument("--perceptual", default="stlpips", choices=["stlpips", "lpips", "none"],
                    help="perceptual loss/metric network (alex trunk)")
+    p.add_argument("--no-kmeans-init", action="store_true",
+                   help="keep the N(0,1) codebook init (default: k-means++ on the first batch, for every run)")
     p.add_argument("--runs", default=None, help="comma list of run names or groups (default: all)")
     p.add_argument("--train-dirs", default=f"{BSDS / 'train'},{BSDS / 'val'}", help="comma list of folders")
     p.add_argument("--eval-dir", default=str(BSDS / "test"))
@@ -426,7 +431,8 @@ def resolve_budget(args: argparse.Namespace) -> Dict[str, Any]:
         value = getattr(args, key)
         if value is not None:
             budget[key] = value
-    budget.update(seed=args.seed, perceptual=args.perceptual, log_every=args.log_every)
+    budget.update(seed=args.seed, perceptual=args.perceptual, log_every=args.log_every,
+                  kmeans_init=not args.no_kmeans_init)
     for key in ("crop", "eval_crop"):
         if budget[key] % 8 or budget[key] < 16:
             raise SystemExit(f"--{key.replace('_', '-')} must be a multiple of 8 and >= 16, got {budget[key]}")
