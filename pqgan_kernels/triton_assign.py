@@ -12,7 +12,7 @@ Two kernels:
     sum of squared differences, the oracle's formula, with fp contraction off, so fp32 results are bit-identical
     to ``reference.pq_assign`` for d <= 2 (for d > 2 the oracle's summation order may differ by an ulp).
   * larger d: ``tl.dot`` of the x tile with the codebook tile: score = |c|^2 - 2 x.c (l2) or -x.c/|c| (cosine).
-    Mode "exact" (default) uses an fp32 ("ieee") dot; mode "fast" a tf32 (or bf16) dot. Both then re-check the
+    Mode "exact" (default) uses an fp32 ("ieee") dot; mode "fast" a tf32 (or bf16, tf32x3) dot. Both re-check the
     best R candidates per row (R = 2 exact, 4 fast) with the oracle's formula in fp32, so "fast" is wrong only
     when the true winner is not among the R best approximate scores of its column winners
     (``fast_path_mismatch`` measures how often).
@@ -33,7 +33,7 @@ SMALL_D_MAX = 8           # d <= this: CUDA-core kernel; above: tl.dot kernel
 MAX_BD = 128              # largest d chunk held at once by the dot kernel (bigger d loops over chunks)
 BIG_INDEX = tl.constexpr(2 ** 30)  # "no candidate" index inside the kernels
 MODES = ("exact", "fast")
-FAST_PRECISIONS = ("tf32", "bf16")
+FAST_PRECISIONS = ("tf32", "bf16", "tf32x3")
 RECHECK = {"exact": 2, "fast": 4}
 
 _mode = os.environ.get("PQGAN_TRITON_MODE", "exact")
@@ -43,7 +43,8 @@ _fast_precision = os.environ.get("PQGAN_TRITON_FAST_PRECISION", "tf32")
 def set_mode(mode: str, precision: str | None = None) -> None:
     """Mode of the dot kernel (d > SMALL_D_MAX) used by backend "triton": "exact" (fp32 dot) or "fast".
 
-    precision (fast mode only): "tf32" or "bf16" for the candidate search; candidates are re-checked in fp32.
+    precision (fast mode only): "tf32", "bf16" or "tf32x3" (3 tf32 MMAs, near-fp32) for the candidate search;
+    the best candidates are then re-checked in fp32.
     """
     global _mode, _fast_precision
     if mode not in MODES:
@@ -133,10 +134,65 @@ def _assign_small_kernel(x_ptr, cb_ptr, q_ptr, idx_ptr, N, K, stride_x, stride_q
 # --- larger d: tl.dot kernel -------------------------------------------------------------------------------------
 
 @triton.jit
+def _load_x(x_row, rmask, dd, D: tl.constexpr, PRECISION: tl.constexpr, IS_INTERP: tl.constexpr):
+    """x tile (BM, BD) of columns dd, fp32 (rounded to bf16 for the bf16 search)."""
+    xt = tl.load(x_row[:, None] + dd[None, :], mask=rmask[:, None] & (dd[None, :] < D), other=0.0).to(tl.float32)
+    if PRECISION == "bf16":
+        xt = xt.to(tl.bfloat16)
+        if IS_INTERP:  # the interpreter's bf16 dot is wrong: keep the rounded values in fp32
+            xt = xt.to(tl.float32)
+    return xt
+
+
+@triton.jit
+def _dot_chunk(acc, cn, xt, cb_s, k, kmask, dd, D: tl.constexpr, PRECISION: tl.constexpr,
+               IS_INTERP: tl.constexpr):
+    """acc (BM, BK) += x_chunk . c_chunk^T and cn (BK,) += |c_chunk|^2 for the codewords k, columns dd."""
+    ct = tl.load(cb_s + k[None, :] * D + dd[:, None], mask=(dd[:, None] < D) & kmask[None, :], other=0.0)
+    ct = ct.to(tl.float32)  # (BD, BK)
+    cn += tl.sum(ct * ct, axis=0)
+    if PRECISION == "bf16":
+        ct = ct.to(tl.bfloat16)
+        if IS_INTERP:
+            ct = ct.to(tl.float32)
+        acc = tl.dot(xt, ct, acc, out_dtype=tl.float32)
+    elif PRECISION == "tf32":
+        acc = tl.dot(xt, ct, acc, input_precision="tf32")
+    elif PRECISION == "tf32x3":
+        acc = tl.dot(xt, ct, acc, input_precision="tf32x3")
+    else:
+        acc = tl.dot(xt, ct, acc, input_precision="ieee")
+    return acc, cn
+
+
+@triton.jit
+def _exact_chunk(e, cnorm, x_row, cb_s, code, rmask, dd, D: tl.constexpr, COSINE: tl.constexpr):
+    """The oracle's fp32 score pieces of codeword ``code`` (BM,) over columns dd: sum (x-c)^2, or x.c and |c|^2."""
+    m2 = rmask[:, None] & (dd[None, :] < D)
+    xv = tl.load(x_row[:, None] + dd[None, :], mask=m2, other=0.0).to(tl.float32)
+    cv = tl.load(cb_s + code[:, None] * D + dd[None, :], mask=m2, other=0.0).to(tl.float32)
+    if COSINE:
+        e += tl.sum(xv * cv, axis=1)
+        cnorm += tl.sum(cv * cv, axis=1)
+    else:
+        diff = xv - cv
+        e += tl.sum(diff * diff, axis=1)
+    return e, cnorm
+
+
+@triton.jit
+def _gather_chunk(q_row, cb_s, idx, rmask, dd, D: tl.constexpr, IS_INTERP: tl.constexpr):
+    m2 = rmask[:, None] & (dd[None, :] < D)
+    cv = tl.load(cb_s + idx[:, None] * D + dd[None, :], mask=m2, other=0.0).to(tl.float32)
+    tl.store(q_row[:, None] + dd[None, :], _cast_out(cv, q_row, IS_INTERP), mask=m2)
+
+
+@triton.jit
 def _assign_dot_kernel(x_ptr, cb_ptr, q_ptr, idx_ptr, approx_ptr, N, K, stride_x, stride_q, n_bucket,
                        D: tl.constexpr, BD: tl.constexpr, COSINE: tl.constexpr, PRECISION: tl.constexpr,
                        RECHECK_R: tl.constexpr, WRITE_APPROX: tl.constexpr, IS_INTERP: tl.constexpr,
                        BM: tl.constexpr, BK: tl.constexpr):
+    # d <= BD: one chunk, x tile loaded once, no inner loop. Bigger d: runtime loops over BD-wide chunks.
     NUM_DC: tl.constexpr = (D + BD - 1) // BD
     pid_m = tl.program_id(0)
     s = tl.program_id(1)
@@ -148,14 +204,8 @@ def _assign_dot_kernel(x_ptr, cb_ptr, q_ptr, idx_ptr, approx_ptr, N, K, stride_x
     cb_s = cb_ptr + s.to(tl.int64) * K * D
     cols = tl.arange(0, BK)
     dj = tl.arange(0, BD)
-
-    if NUM_DC == 1:  # the whole sub-vector fits: load the x tile once
-        xt = tl.load(x_row[:, None] + dj[None, :], mask=rmask[:, None] & (dj[None, :] < D), other=0.0)
-        xt = xt.to(tl.float32)
-        if PRECISION == "bf16":
-            xt = xt.to(tl.bfloat16)
-            if IS_INTERP:
-                xt = xt.to(tl.float32)
+    if NUM_DC == 1:
+        xt = _load_x(x_row, rmask, dj, D, PRECISION, IS_INTERP)
 
     run = tl.full((BM, BK), float("inf"), tl.float32)
     run_idx = tl.full((BM, BK), BIG_INDEX, tl.int32)
@@ -164,28 +214,13 @@ def _assign_dot_kernel(x_ptr, cb_ptr, q_ptr, idx_ptr, approx_ptr, N, K, stride_x
         kmask = k < K
         acc = tl.zeros((BM, BK), tl.float32)
         cn = tl.zeros((BK,), tl.float32)
-        for dc in tl.static_range(NUM_DC):
-            dd = dc * BD + dj
-            dmask = dd < D
-            ct = tl.load(cb_s + k[None, :] * D + dd[:, None], mask=dmask[:, None] & kmask[None, :], other=0.0)
-            ct = ct.to(tl.float32)  # (BD, BK)
-            cn += tl.sum(ct * ct, axis=0)
-            if NUM_DC != 1:
-                xt = tl.load(x_row[:, None] + dd[None, :], mask=rmask[:, None] & dmask[None, :], other=0.0)
-                xt = xt.to(tl.float32)
-                if PRECISION == "bf16":
-                    xt = xt.to(tl.bfloat16)
-                    if IS_INTERP:
-                        xt = xt.to(tl.float32)
-            if PRECISION == "bf16":
-                ct = ct.to(tl.bfloat16)
-                if IS_INTERP:
-                    ct = ct.to(tl.float32)
-                acc = tl.dot(xt, ct, acc, out_dtype=tl.float32)
-            elif PRECISION == "tf32":
-                acc = tl.dot(xt, ct, acc, input_precision="tf32")
-            else:
-                acc = tl.dot(xt, ct, acc, input_precision="ieee")
+        if NUM_DC == 1:
+            acc, cn = _dot_chunk(acc, cn, xt, cb_s, k, kmask, dj, D, PRECISION, IS_INTERP)
+        else:
+            for dc in range(NUM_DC):
+                dd = dc * BD + dj
+                acc, cn = _dot_chunk(acc, cn, _load_x(x_row, rmask, dd, D, PRECISION, IS_INTERP), cb_s, k, kmask,
+                                     dd, D, PRECISION, IS_INTERP)
         if COSINE:
             score = -tl.div_rn(acc, tl.maximum(tl.sqrt_rn(cn), 1e-12)[None, :])
         else:
@@ -209,17 +244,11 @@ def _assign_dot_kernel(x_ptr, cb_ptr, q_ptr, idx_ptr, approx_ptr, N, K, stride_x
         cand_safe = tl.where(valid, cand, 0)
         e = tl.zeros((BM,), tl.float32)
         cnorm = tl.zeros((BM,), tl.float32)
-        for dc in tl.static_range(NUM_DC):
-            dd = dc * BD + dj
-            m2 = rmask[:, None] & (dd[None, :] < D)
-            xv = tl.load(x_row[:, None] + dd[None, :], mask=m2, other=0.0).to(tl.float32)
-            cv = tl.load(cb_s + cand_safe[:, None] * D + dd[None, :], mask=m2, other=0.0).to(tl.float32)
-            if COSINE:
-                e += tl.sum(xv * cv, axis=1)
-                cnorm += tl.sum(cv * cv, axis=1)
-            else:
-                diff = xv - cv
-                e += tl.sum(diff * diff, axis=1)
+        if NUM_DC == 1:
+            e, cnorm = _exact_chunk(e, cnorm, x_row, cb_s, cand_safe, rmask, dj, D, COSINE)
+        else:
+            for dc in range(NUM_DC):
+                e, cnorm = _exact_chunk(e, cnorm, x_row, cb_s, cand_safe, rmask, dc * BD + dj, D, COSINE)
         if COSINE:
             e = -tl.div_rn(e, tl.maximum(tl.sqrt_rn(cnorm), 1e-12))
         e = tl.where(valid, e, float("inf"))
@@ -231,21 +260,24 @@ def _assign_dot_kernel(x_ptr, cb_ptr, q_ptr, idx_ptr, approx_ptr, N, K, stride_x
     idx = tl.where(best_i >= K, 0, best_i)
     tl.store(idx_ptr + rows64 * S + s, idx.to(tl.int64), mask=rmask)
     q_row = q_ptr + rows64 * stride_q + s * D
-    for dc in tl.static_range(NUM_DC):
-        dd = dc * BD + dj
-        m2 = rmask[:, None] & (dd[None, :] < D)
-        cv = tl.load(cb_s + idx[:, None] * D + dd[None, :], mask=m2, other=0.0).to(tl.float32)
-        tl.store(q_row[:, None] + dd[None, :], _cast_out(cv, q_ptr, IS_INTERP), mask=m2)
+    if NUM_DC == 1:
+        _gather_chunk(q_row, cb_s, idx, rmask, dj, D, IS_INTERP)
+    else:
+        for dc in range(NUM_DC):
+            _gather_chunk(q_row, cb_s, idx, rmask, dc * BD + dj, D, IS_INTERP)
 
 
 # --- launch ------------------------------------------------------------------------------------------------------
 
-_SMALL_CONFIGS = [triton.Config({"BM": bm, "BK": bk}, num_warps=w, num_stages=2)
-                  for bm, bk, w in [(64, 64, 4), (128, 64, 4), (128, 64, 8), (64, 128, 4), (128, 128, 8),
-                                    (256, 64, 8), (32, 128, 4), (256, 32, 8)]]
+# Small-d configs keep 8-32 (BM x BK) elements per thread: ptxas (sm_90, d=2) gives ~93 registers at 16, ~180 at
+# 32, and spills beyond; d=8 needs the smaller ones. The codebook/x loads are tiny, so no software pipelining.
+_SMALL_CONFIGS = [triton.Config({"BM": bm, "BK": bk}, num_warps=w, num_stages=1)
+                  for bm, bk, w in [(64, 32, 4), (32, 64, 4), (64, 64, 8), (128, 32, 8), (32, 32, 4), (64, 64, 4),
+                                    (128, 64, 8), (16, 64, 2)]]
+# Dot configs: ptxas (sm_90, d=16/32) keeps these at <= 255 registers without spills; 128x128 tiles spill.
 _DOT_CONFIGS = [triton.Config({"BM": bm, "BK": bk}, num_warps=w, num_stages=st)
-                for bm, bk, w, st in [(64, 64, 4, 2), (64, 64, 4, 3), (128, 64, 8, 2), (64, 128, 4, 2),
-                                      (128, 128, 8, 2), (128, 64, 4, 3), (32, 64, 4, 2), (64, 32, 4, 3)]]
+                for bm, bk, w, st in [(32, 64, 4, 2), (64, 32, 4, 3), (64, 64, 4, 2), (64, 64, 8, 2),
+                                      (128, 64, 8, 2), (32, 128, 4, 2), (128, 32, 8, 3), (32, 64, 4, 3)]]
 _INTERP_META = {"BM": 32, "BK": 64}  # one fixed small config under the interpreter (autotune there is slow)
 
 _small_tuned = triton.autotune(_SMALL_CONFIGS, key=["n_bucket", "K", "D", "COSINE"])(_assign_small_kernel)
@@ -293,7 +325,7 @@ def _launch(x, codebooks, distance, mode, precision, want_approx):
             _small_tuned[grid](*args, **meta, enable_fp_fusion=False)
     else:
         prec = "ieee" if mode == "exact" else precision
-        bd = max(16, triton.next_power_of_2(d)) if d <= MAX_BD else 64  # big d: loop over 64-wide chunks
+        bd = max(16, triton.next_power_of_2(d)) if d <= MAX_BD else 32  # big d: 32-wide chunks (64 spills)
         args = common + (indices, approx, N, K, x.stride(0), quantized.stride(0), _bucket(N))
         meta = dict(D=d, BD=bd, COSINE=cosine, PRECISION=prec, RECHECK_R=min(RECHECK[mode], K),
                     WRITE_APPROX=want_approx, IS_INTERP=INTERPRET)

@@ -36,7 +36,7 @@ def _scatter_kernel(x_ptr, idx_ptr, sums_ptr, counts_ptr, N, K, stride_x,
         ones = tl.full((BM,), 1.0, tl.float32)
         tl.atomic_add(counts_ptr + base, ones, mask=rmask, sem="relaxed")
     dj = tl.arange(0, BD)
-    for dc in tl.static_range(NUM_DC):
+    for dc in range(NUM_DC):  # a runtime loop: big d must not unroll
         dd = dc * BD + dj
         m2 = rmask[:, None] & (dd[None, :] < D)
         v = tl.load(x_ptr + rows64[:, None] * stride_x + s * D + dd[None, :], mask=m2, other=0.0).to(tl.float32)
@@ -65,7 +65,7 @@ def _ema_apply_kernel(cb_ptr, cs_ptr, es_ptr, counts_ptr, sums_ptr, K, decay, on
         km = k < K
         cs = tl.load(cs_ptr + s * K + k, mask=km, other=1.0).to(tl.float32)
         smoothed = (cs + eps) / (n + k_eps) * n
-        for dc in tl.static_range(NUM_DC):
+        for dc in range(NUM_DC):  # a runtime loop: big d must not unroll
             dd = dc * BD + dj
             m2 = km[:, None] & (dd[None, :] < D)
             off = (s * K + k[:, None]) * D + dd[None, :]
