@@ -292,6 +292,7 @@ class MetricAccumulator:
             out["fid"] = fid_from_features(real, fake)
             kid_mean, kid_std = kid_from_features(real, fake, self.kid_subsets, self.kid_subset_size)
             out["kid_mean"], out["kid_std"] = kid_mean, kid_std
+            out["kid_subset_size"] = min(self.n, self.kid_subset_size)   # std is 0 when it is all the images
             out["fid_kid_images"] = self.n
             out["fid_network"] = f"Inception-v3 TF-FID weights from {FID_PACKAGE} (default_1.pt)"
         else:
