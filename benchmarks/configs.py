@@ -1,8 +1,8 @@
 """Benchmark problem sizes: one ``Config`` per named case, with the N used on GPUs, on CPUs and in ``--quick``.
 
 A config is x (N, S*d) against codebooks (S, K, d). The GPU sizes are the issue's full set; the CPU sizes keep
-the naive (N, S, K) distance tensor near 64-256 MiB so the whole CPU default finishes in about two minutes on a
-2-core machine; ``--quick`` shrinks N, S and K (d is kept: it selects the kernel) and is a smoke test only.
+the naive (N, S, K) distance tensor at 2^23 elements (32 MiB) so the whole CPU default finishes in a few minutes
+on a 2-core machine; ``--quick`` shrinks N, S and K (d is kept: it selects the kernel) and is a smoke test only.
 """
 from __future__ import annotations
 
@@ -37,11 +37,11 @@ QUICK_MAX_S, QUICK_MAX_K = 8, 128
 
 
 CONFIGS: dict[str, Config] = {c.name: c for c in (
-    Config("f8", 30 * 32 * 32, 64, 2, 512, cpu_N=1024, quick_N=64, note="PQGAN-F8: batch 30 of 32x32 latents"),
-    Config("f16", 30 * 16 * 16, 64, 2, 128, cpu_N=4096, quick_N=64, note="PQGAN-F16: batch 30 of 16x16 latents"),
-    Config("scalar", 30 * 16 * 16, 256, 1, 1024, cpu_N=256, quick_N=16, note="scalar quantisation, d=1"),
-    Config("mid", 65536, 16, 16, 512, cpu_N=4096, quick_N=64, note="S=16, d=16"),
-    Config("large-d", 65536, 8, 32, 4096, cpu_N=1024, quick_N=32, note="S=8, d=32, big codebooks"),
+    Config("f8", 30 * 32 * 32, 64, 2, 512, cpu_N=256, quick_N=64, note="PQGAN-F8: batch 30 of 32x32 latents"),
+    Config("f16", 30 * 16 * 16, 64, 2, 128, cpu_N=1024, quick_N=64, note="PQGAN-F16: batch 30 of 16x16 latents"),
+    Config("scalar", 30 * 16 * 16, 256, 1, 1024, cpu_N=32, quick_N=16, note="scalar quantisation, d=1"),
+    Config("mid", 65536, 16, 16, 512, cpu_N=1024, quick_N=64, note="S=16, d=16"),
+    Config("large-d", 65536, 8, 32, 4096, cpu_N=256, quick_N=32, note="S=8, d=32, big codebooks"),
     Config("vq", 16384, 1, 256, 16384, cpu_N=512, quick_N=16, note="plain VQ, S=1"),
 )}
 

@@ -7,8 +7,8 @@ A contender prepares, for one ``Case`` (inputs of one config), a zero-argument c
     ema(case)     -> fn()   the EMA codebook update alone, from given indices
 
 or a string: the reason it cannot run that measurement. ``unavailable(device)`` says why a contender cannot run
-at all here (not installed, wrong device), ``est_bytes(case, what)`` estimates its largest memory use so the
-benchmark can skip what would not fit. Set-up work (module construction, torch.compile) happens in the
+at all here (not installed, wrong device), ``est_bytes(case, what)`` / ``est_seconds(case, what)`` estimate its
+largest memory use / the time of one call so the benchmark can skip what would not fit. Set-up work (module construction, torch.compile) happens in the
 preparing call, not in the timed callable.
 """
 from __future__ import annotations
@@ -32,13 +32,15 @@ DECAY, EPS, COMMITMENT = 0.99, 1e-5, 0.25
 
 @dataclass
 class Case:
-    """Inputs of one config: x (N, S*d) in the benchmark dtype, codebooks (S, K, d) fp32, indices (N, S) int64
-    (the fp32 oracle's, used as the EMA input)."""
+    """Inputs of one config: x (N, S*d) in the benchmark dtype, codebooks (S, K, d) fp32;
+    indices (N, S) int64: a nearest-codeword assignment used as the EMA input;
+    oracle (R, S) int64: ``reference.pq_assign`` (fp32) of the first R <= N rows, for index agreement."""
     cfg: Config
     N: int
     x: torch.Tensor
     codebooks: torch.Tensor
     indices: torch.Tensor
+    oracle: torch.Tensor
     device: str
     first: bool = False  # first config of the run (``--compile first``)
 
@@ -69,6 +71,9 @@ class Contender:
         return None
 
     def est_bytes(self, case: Case, what: str) -> Optional[int]:
+        return None
+
+    def est_seconds(self, case: Case, what: str) -> Optional[float]:
         return None
 
     def forward(self, case: Case) -> Prepared:
@@ -168,6 +173,12 @@ class Ours(Contender):
     def est_bytes(self, case, what):
         if self.backend == "reference" and what == "forward":
             return 3 * 4 * min(case.nsk * case.cfg.d, 1 << 24)  # chunked (rows, S, K, d) difference tensor
+        return None
+
+    def est_seconds(self, case, what):
+        # the oracle's elementwise (rows, S, K, d) passes: ~5e7 elements/s on a CPU core, ~1e10 on a GPU
+        if self.backend == "reference" and what in ("forward", "train"):
+            return case.nsk * case.cfg.d / (1e10 if case.device == "cuda" else 5e7)
         return None
 
     def _check(self, case) -> Optional[str]:

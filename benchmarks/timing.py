@@ -26,7 +26,11 @@ import torch
 
 
 class TooSlow(Exception):
-    """Raised by ``measure`` when the warm-up call exceeded the per-call limit."""
+    """Raised by ``measure`` when the warm-up call exceeded the per-call limit; ``seconds``: that call's time."""
+
+    def __init__(self, message: str, seconds: float):
+        super().__init__(message)
+        self.seconds = seconds
 
 
 @dataclass
@@ -64,14 +68,15 @@ def sync(device: str) -> None:
 
 
 def measure(fn: Callable[[], object], device: str, repeats: int, warmup: int = 1,
-            max_call_s: Optional[float] = None) -> Timing:
-    """Median and spread of ``fn()``'s wall time. Raises ``TooSlow`` when one warm-up call exceeds max_call_s."""
+            max_call_s: Optional[float] = None) -> tuple[Timing, object]:
+    """(median and spread of ``fn()``'s wall time, the first call's result). Raises ``TooSlow`` when the first
+    (warm-up) call exceeds max_call_s."""
     t0 = time.perf_counter()
-    fn()
+    result = fn()
     sync(device)
     first = time.perf_counter() - t0
     if max_call_s is not None and first > max_call_s:
-        raise TooSlow(f"one call took {first:.1f} s (limit {max_call_s:g} s per call; raise --max-call-s)")
+        raise TooSlow(f"one call took {first:.1f} s (limit {max_call_s:g} s per call; raise --max-call-s)", first)
     for _ in range(max(0, warmup - 1)):
         fn()
     sync(device)
@@ -79,13 +84,13 @@ def measure(fn: Callable[[], object], device: str, repeats: int, warmup: int = 1
         t0 = time.perf_counter()  # a warm call, to size do_bench's time budget (the first may have compiled)
         fn()
         sync(device)
-        return _measure_cuda(fn, repeats, time.perf_counter() - t0)
+        return _measure_cuda(fn, repeats, time.perf_counter() - t0), result
     samples = []
     for _ in range(repeats):
         t0 = time.perf_counter()
         fn()
         samples.append((time.perf_counter() - t0) * 1e3)
-    return _summary(samples, "time.perf_counter")
+    return _summary(samples, "time.perf_counter"), result
 
 
 def _measure_cuda(fn: Callable[[], object], repeats: int, call_s: float) -> Timing:
