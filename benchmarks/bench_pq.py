@@ -279,7 +279,7 @@ def format_table(report: dict) -> tuple[str, list[str]]:
         return f"{_ms(m['median_ms'])} ({_ms(m['p20_ms'])}–{_ms(m['p80_ms'])})"
 
     def speed_cell(m):
-        return f"{m['speedup_vs_naive']:.2f}x" if m.get("speedup_vs_naive") else ""
+        return f"{m['speedup_vs_naive']:.3g}x" if m.get("speedup_vs_naive") else ""
 
     def mem_cell(m):
         b = m.get("peak_extra_bytes")
