@@ -156,6 +156,17 @@ def test_product_quantizer_trains_with_triton(ema_decay):
         assert not torch.equal(pq.codebooks, before)
 
 
+def test_ops_compile_and_opcheck_with_triton():
+    x, cb = random_case(20, 2, 4, 9, device=DEV, seed=41)
+    cb.requires_grad_(True)
+    f = torch.compile(lambda a, c: pqgan_kernels.pq_assign(a, c, backend="triton")[0].sum(), backend="aot_eager",
+                      fullgraph=True)
+    f(x, cb).backward()
+    idx = pqgan_kernels.pq_assign(x, cb.detach(), backend="reference")[1]
+    torch.testing.assert_close(cb.grad, reference.pq_codebook_grad(torch.ones_like(x), idx, 9))
+    torch.library.opcheck(torch.ops.pqgan.pq_assign.default, (x, cb.detach(), "l2", "triton"))
+
+
 # --- GPU only: real autotune, big K and S*d ---------------------------------------------------------------------
 
 @pytest.mark.gpu
