@@ -170,8 +170,8 @@ def test_ops_compile_and_opcheck_with_triton():
 # --- GPU only: real autotune, big K and S*d ---------------------------------------------------------------------
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("N,S,d,K", [(4099, 1, 1, 65536), (1000, 4, 16, 65536), (2051, 512, 2, 512),
-                                     (777, 1, 1024, 300), (1500, 32, 32, 4096), (30720, 64, 2, 512)])
+@pytest.mark.parametrize("N,S,d,K", [(4099, 1, 1, 65536), (203, 2, 16, 65536), (515, 512, 2, 512),
+                                     (777, 1, 1024, 300), (301, 8, 32, 4096), (3001, 64, 2, 512)])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_gpu_large_shapes(N, S, d, K, dtype):
     x, cb = random_case(N, S, d, K, dtype=dtype, device="cuda", seed=N)
@@ -182,7 +182,7 @@ def test_gpu_large_shapes(N, S, d, K, dtype):
 @pytest.mark.gpu
 @pytest.mark.parametrize("precision", ["tf32", "bf16"])
 def test_gpu_fast_mode(precision):
-    x, cb = random_case(8192, 16, 16, 512, device="cuda", seed=2)
+    x, cb = random_case(2048, 16, 16, 512, device="cuda", seed=2)
     q, idx = triton_assign.assign(x, cb, "l2", mode="fast", precision=precision)
     assert_assignment(x, cb, q, idx)
     rates = triton_assign.fast_path_mismatch(x, cb, precision=precision)
