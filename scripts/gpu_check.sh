@@ -20,7 +20,8 @@ for name, N, S, d, K in [("F8", 30720, 64, 2, 512), ("S16-d16-K512", 65536, 16, 
         ms = tt.do_bench(lambda: ta.assign(xs[next(it) % 4], cb, mode=mode), rep=200)
         print(f"{name} {mode}: {ms:.4f} ms  equal-to-oracle {(idx == ref).double().mean().item():.6f}")
     if d > ta.SMALL_D_MAX:
-        print(f"{name} fast-path mismatch:", {p: ta.fast_path_mismatch(xs[0], cb, precision=p) for p in ta.FAST_PRECISIONS})
+        for p in ta.FAST_PRECISIONS:
+            print(f"{name} fast-path mismatch {p}:", ta.fast_path_mismatch(xs[0], cb, precision=p))
 N, S, d, K = 65536, 16, 16, 512
 x = torch.randn(N, S * d, device="cuda"); idx = torch.randint(0, K, (N, S), device="cuda")
 cb, cs, es = torch.randn(S, K, d, device="cuda"), torch.ones(S, K, device="cuda"), torch.randn(S, K, d, device="cuda")
