@@ -57,7 +57,7 @@ TABLE_BEGIN, TABLE_END = "<!-- study-table:begin -->", "<!-- study-table:end -->
 
 # Budgets. "cpu" sizes the whole default study (14 runs) for a shared 2-core CPU; "gpu" is a bigger setting.
 PRESETS: Dict[str, Dict[str, Any]] = {
-    "cpu": dict(steps=150, batch_size=8, crop=32, scale=64, lr=1e-3, eval_images=50, eval_crop=64),
+    "cpu": dict(steps=150, batch_size=8, crop=32, scale=64, lr=5e-4, eval_images=50, eval_crop=64),
     "gpu": dict(steps=5000, batch_size=32, crop=128, scale=256, lr=2e-4, eval_images=200, eval_crop=256),
 }
 # Budget keys a stored run must match to be reused.
