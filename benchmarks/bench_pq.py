@@ -123,7 +123,7 @@ def memory_limit(args) -> float:
     return 2.0 * 2 ** 30
 
 
-ORACLE_ELEMENTS = {"cpu": 1 << 25, "cuda": 1 << 36}  # (rows, S, K, d) work of the agreement oracle
+ORACLE_ELEMENTS = {"cpu": 1 << 26, "cuda": 1 << 36}  # (rows, S, K, d) work of the agreement oracle
 
 
 def make_case(cfg, args, first: bool) -> Case:
@@ -170,6 +170,7 @@ def run_measurement(contender, what, case, args, limit):
             indices = result[1][:rows].to(case.oracle.device).long()
             out["agreement"] = (indices == case.oracle).double().mean().item()
             out["agreement_rows"] = rows
+        result = None  # free the outputs before the memory probe
         if not args.no_memory:
             peak, method = timing.peak_extra_bytes(fn, case.device, contender.memory_method)
             out["peak_extra_bytes"], out["memory_method"] = peak, method
@@ -223,9 +224,12 @@ def run(args) -> dict:
         results.extend(rows)
         del case
         free_memory(args.device)
+    machine = timing.machine_info(args.device)
+    machine["pqgan_backends"] = pqgan_kernels.backend_info()
+    machine["git_commit"] = git_commit()
     return {
         "schema": SCHEMA,
-        "machine": timing.machine_info(args.device),
+        "machine": machine,
         "settings": {
             "device": args.device, "dtype": args.dtype, "codebook_dtype": "float32", "repeats": args.repeats,
             "quick": args.quick, "compile": args.compile, "max_call_s": args.max_call_s,
@@ -246,6 +250,20 @@ def run(args) -> dict:
                                 "reason": reasons[c.name]} for c in contenders},
         "results": results,
     }
+
+
+def git_commit() -> str | None:
+    """HEAD of the checkout the benchmark ran from (None outside git), "+dirty" with uncommitted changes."""
+    import subprocess
+    root = Path(__file__).resolve().parents[1]
+    try:
+        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=root, capture_output=True, text=True,
+                              timeout=10).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root,
+                               capture_output=True, text=True, timeout=10).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return (head + ("+dirty" if dirty else "")) or None
 
 
 def add_speedups(rows: list[dict]) -> None:
@@ -307,7 +325,7 @@ def format_table(report: dict) -> tuple[str, list[str]]:
 
 def print_report(report: dict) -> None:
     s, m = report["settings"], report["machine"]
-    where = m["gpu"]["name"] if m.get("gpu") else f"{m['cpu_model']}, {m['torch_threads']} threads"
+    where = m["gpu"]["name"] if m.get("gpu") else f"{m['cpu_model']} (torch threads: {m['torch_threads']})"
     table, skip_notes = format_table(report)
     print(f"PQ benchmark on {where}: dtype {s['dtype']}, median (p20–p80) of {s['repeats']} timed calls")
     print()
@@ -317,7 +335,7 @@ def print_report(report: dict) -> None:
     print("Notes:")
     print(f"- time: {s['timer']}; 'vs naive' = naive median / contender median (>1 is faster).")
     print("- train step = layer forward + (loss + stand-in decoder loss).backward() + EMA codebook update; "
-          "EMA = pq_ema_update alone from the oracle's indices.")
+          "EMA = the codebook update alone, from given nearest-codeword indices.")
     for key in sorted(mem):
         print(f"- peak MiB [{key}]: {timing.MEMORY_METHODS[key]}; extra over the level before the call, "
               "outputs included.")
@@ -332,6 +350,10 @@ def print_report(report: dict) -> None:
     if compiled:
         print("- torch.compile first-call (compile) time, s: "
               + ", ".join(f"{k} {v:.1f}" for k, v in compiled.items()))
+    load = m.get("load_average")
+    if load and m.get("cpu_count") and load[0] > m["cpu_count"]:
+        print(f"- machine load average {load[0]:.1f} on {m['cpu_count']} CPUs during the run: other processes "
+              "competed for the cores, so CPU times are inflated and noisy.")
     for line in skip_notes:
         print(f"- {line}")
 
