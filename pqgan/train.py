@@ -13,8 +13,8 @@ so every rank computes the same codebooks itself; the discriminator's gradients 
 Outputs in --out: config.yaml, metrics.jsonl (one JSON record per log step, incl. quantiser perplexity/usage),
 samples/step_XXXXXXXX.png (per row: input | reconstruction), checkpoints/ (see ``pqgan.checkpoint``).
 ``--resume`` restores weights, both optimizers, the step and every RNG state, and skips the batches already seen in
-the current epoch, so a resumed run reproduces an uninterrupted one exactly (with train.num_workers=0; with workers,
-per-sample augmentation randomness may differ after a resume).
+the current epoch; data order and augmentation are functions of (seed, epoch, position), so a resumed run reproduces
+an uninterrupted one exactly.
 """
 from __future__ import annotations
 
@@ -101,17 +101,35 @@ def _seed_worker(worker_id: int) -> None:
     random.seed(seed)
 
 
+class SeededItems(torch.utils.data.Dataset):
+    """Wraps a map-style dataset: item ``(key, index)`` is ``dataset[index]`` drawn under torch seed ``key``, so
+    random augmentation depends only on the key, not on worker assignment or on what was drawn before."""
+
+    def __init__(self, dataset):
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, item):
+        key, index = item
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(key)
+            return self.dataset[index]
+
+
 class ResumableBatches:
     """Batches of a DistributedSampler, epoch after epoch, starting at any global step (skipping by index only).
 
-    Every epoch's order is fixed by (seed, epoch), so the batch of step t is the same however the run got there.
+    Every epoch's order is fixed by (seed, epoch), and each sample's augmentation by (seed, epoch, rank, position),
+    so the batch of step t is the same however the run got there (with or without loader workers).
     """
 
     def __init__(self, dataset, batch_size: int, info: DistInfo, seed: int, num_workers: int, pin_memory: bool):
         if len(dataset) == 0:
             raise ValueError("the training dataset is empty")
         self.dataset, self.batch_size, self.seed = dataset, batch_size, seed
-        self.num_workers, self.pin_memory = num_workers, pin_memory
+        self.num_workers, self.pin_memory, self.rank = num_workers, pin_memory, info.rank
         self.sampler = DistributedSampler(dataset, num_replicas=info.world_size, rank=info.rank, shuffle=True,
                                           seed=seed, drop_last=len(dataset) >= info.world_size)
         per_rank = len(self.sampler)
@@ -123,12 +141,14 @@ class ResumableBatches:
         while True:
             self.sampler.set_epoch(epoch)
             order = list(iter(self.sampler))
-            batches = [order[i:i + self.batch_size] for i in range(0, len(order), self.batch_size)]
+            base = ((self.seed * 1_000_003 + epoch) * 1_009 + self.rank) * 10_000_019
+            keyed = [((base + pos) % (2 ** 63), index) for pos, index in enumerate(order)]
+            batches = [keyed[i:i + self.batch_size] for i in range(0, len(keyed), self.batch_size)]
             if self.drop_last:
                 batches = [b for b in batches if len(b) == self.batch_size]
             batches = batches[skip:self.batches_per_epoch]
             generator = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
-            loader = DataLoader(self.dataset, batch_sampler=batches, num_workers=self.num_workers,
+            loader = DataLoader(SeededItems(self.dataset), batch_sampler=batches, num_workers=self.num_workers,
                                 pin_memory=self.pin_memory, generator=generator, worker_init_fn=_seed_worker)
             for batch in loader:
                 yield batch[0] if isinstance(batch, (list, tuple)) else batch
