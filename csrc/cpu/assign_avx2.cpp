@@ -9,6 +9,7 @@
 #pragma GCC target("avx2,fma")
 #pragma GCC optimize("fp-contract=fast")
 #define PQ_KERNEL_NS avx2
+#define PQ_KERNEL_AVX2 1
 #include "cpu/assign_kernel.h"
 #pragma GCC pop_options
 

@@ -15,6 +15,7 @@
 #pragma once
 #include <cstdint>
 
+
 #ifndef PQ_KERNEL_NS
 #error "define PQ_KERNEL_NS before including assign_kernel.h"
 #endif
@@ -53,20 +54,63 @@ static inline typename Vec<T>::V load(const T* p) {
   return v;
 }
 
-// Lane-wise (best, index) -> the row's answer: the smallest value, lowest index among equal values.
+// Lane-wise (best, index) -> the row's answer: the smallest value, lowest index among equal values. Branch-free
+// butterfly reductions (best values are never NaN: they only take values that compared smaller).
+static inline int64_t reduce_lanes(const Vec<float>::V& best, const Vec<float>::I& idx) {
+  typedef Vec<float>::V V;
+  typedef Vec<float>::I I;
+  V m = best, t;
+  t = __builtin_shuffle(m, I{4, 5, 6, 7, 0, 1, 2, 3});
+  m = t < m ? t : m;
+  t = __builtin_shuffle(m, I{2, 3, 0, 1, 6, 7, 4, 5});
+  m = t < m ? t : m;
+  t = __builtin_shuffle(m, I{1, 0, 3, 2, 5, 4, 7, 6});
+  m = t < m ? t : m;
+  I big = idx - idx + 0x7fffffff;
+  I k = best == m ? idx : big, u;
+  u = __builtin_shuffle(k, I{4, 5, 6, 7, 0, 1, 2, 3});
+  k = u < k ? u : k;
+  u = __builtin_shuffle(k, I{2, 3, 0, 1, 6, 7, 4, 5});
+  k = u < k ? u : k;
+  u = __builtin_shuffle(k, I{1, 0, 3, 2, 5, 4, 7, 6});
+  k = u < k ? u : k;
+  return k[0];
+}
+static inline int64_t reduce_lanes(const Vec<double>::V& best, const Vec<double>::I& idx) {
+  typedef Vec<double>::V V;
+  typedef Vec<double>::I I;
+  V m = best, t;
+  t = __builtin_shuffle(m, I{2, 3, 0, 1});
+  m = t < m ? t : m;
+  t = __builtin_shuffle(m, I{1, 0, 3, 2});
+  m = t < m ? t : m;
+  I big = idx - idx + 0x7fffffffffffffffLL;
+  I k = best == m ? idx : big, u;
+  u = __builtin_shuffle(k, I{2, 3, 0, 1});
+  k = u < k ? u : k;
+  u = __builtin_shuffle(k, I{1, 0, 3, 2});
+  k = u < k ? u : k;
+  return k[0];
+}
+
+// min(a, b) lane-wise where a < b, else b (so a NaN a never replaces b): vminps/vminpd on AVX2.
+#ifdef PQ_KERNEL_AVX2
+static inline Vec<float>::V vmin_isa(const Vec<float>::V& a, const Vec<float>::V& b) {
+  return __builtin_ia32_minps256(a, b);
+}
+static inline Vec<double>::V vmin_isa(const Vec<double>::V& a, const Vec<double>::V& b) {
+  return __builtin_ia32_minpd256(a, b);
+}
+#endif
 template <typename T>
-static inline int64_t reduce_lanes(const typename Vec<T>::V& best, const typename Vec<T>::I& idx) {
-  T bv = best[0];
-  int64_t bi = idx[0];
-  for (int i = 1; i < Vec<T>::W; ++i) {
-    const T v = best[i];
-    const int64_t k = idx[i];
-    if (v < bv || (v == bv && k < bi)) {
-      bv = v;
-      bi = k;
-    }
-  }
-  return bi;
+static inline typename Vec<T>::V vmin(const typename Vec<T>::V& a, const typename Vec<T>::V& b,
+                                      const typename Vec<T>::I& a_lt_b) {
+#ifdef PQ_KERNEL_AVX2
+  (void)a_lt_b;
+  return vmin_isa(a, b);
+#else
+  return a_lt_b ? a : b;
+#endif
 }
 
 // Small d (compile-time D): the D codebook vectors of a code step are loaded once and used by kRows rows.
@@ -105,12 +149,12 @@ static void assign_small_d(const T* xs, int64_t rows, const T* cbT, int64_t Kp, 
           }
         }
         const I m = acc < best[r];
-        best[r] = m ? acc : best[r];
+        best[r] = vmin<T>(acc, best[r], m);
         bidx[r] = m ? kv : bidx[r];
       }
       kv += W;
     }
-    for (int r = 0; r < R; ++r) out[r0 + r] = reduce_lanes<T>(best[r], bidx[r]);
+    for (int r = 0; r < R; ++r) out[r0 + r] = reduce_lanes(best[r], bidx[r]);
   }
 }
 
@@ -156,13 +200,13 @@ static void assign_large_d(const T* xs, int64_t rows, int64_t d, const T* cbT, i
       for (int u = 0; u < U; ++u) {
         for (int r = 0; r < R; ++r) {
           const I m = acc[r][u] < best[r];
-          best[r] = m ? acc[r][u] : best[r];
+          best[r] = vmin<T>(acc[r][u], best[r], m);
           bidx[r] = m ? kv : bidx[r];
         }
         kv += W;
       }
     }
-    for (int r = 0; r < R; ++r) out[r0 + r] = reduce_lanes<T>(best[r], bidx[r]);
+    for (int r = 0; r < R; ++r) out[r0 + r] = reduce_lanes(best[r], bidx[r]);
   }
 }
 

@@ -1,8 +1,8 @@
 // CPU implementations of the pqgan_native ops (schemas in native_ops.cpp), parallelised with at::parallel_for
 // (OpenMP in the usual torch build; it honours torch.set_num_threads).
 //
-// pq_assign: tasks are (subspace s, block of kBlockRows rows). A task gathers its rows' sub-vectors into a small
-//   buffer in the compute type (fp16/bf16 are up-cast to fp32 here), runs the micro-kernel of assign_kernel.h
+// pq_assign: tasks are (block of kBlockRows rows, range of subspaces). Per subspace, a task gathers its rows'
+//   sub-vectors into a small buffer in the compute type (fp16/bf16 are up-cast to fp32 here), runs the micro-kernel of assign_kernel.h
 //   against the transposed codebook tile cbT[s] (d, Kp), writes the indices and copies the chosen codewords into
 //   quantized. Working memory: the (S, d, Kp) transposed codebooks plus kBlockRows*d per thread; no (N, K) buffer.
 // pq_ema_stats / pq_codebook_grad: a scatter-add per code. Tasks own disjoint (subspace, coordinate range) pairs and
@@ -45,23 +45,36 @@ void assign_cpu_impl(const at::Tensor& x, const at::Tensor& cbT, const at::Tenso
   scalar_t* qp = quantized.data_ptr<scalar_t>();
   int64_t* ip = indices.data_ptr<int64_t>();
   const int64_t nblocks = (N + kBlockRows - 1) / kBlockRows;
-  at::parallel_for(0, S * nblocks, 1, [&](int64_t begin, int64_t end) {
+  // Tasks are (row block, range of subspaces), block-major: a task's rows of x, indices and quantized stay in cache
+  // while it walks its subspaces. Subspaces are split into groups only when there are too few row blocks.
+  const int64_t nthreads_max = std::max<int64_t>(1, at::get_num_threads());
+  const int64_t groups = std::min<int64_t>(S, std::max<int64_t>(1, (4 * nthreads_max + nblocks - 1) / nblocks));
+  const int64_t group_size = (S + groups - 1) / groups;
+  const int64_t ntasks = nblocks * groups;
+  // A shared task counter (dynamic scheduling inside torch's thread pool): a slow or descheduled thread does not
+  // hold up the others, as it would with a static split.
+  std::atomic<int64_t> next{0};
+  const int64_t nthreads = std::min<int64_t>(nthreads_max, ntasks);
+  at::parallel_for(0, nthreads, 1, [&](int64_t, int64_t) {
     std::vector<T> buf(kBlockRows * d);
     std::vector<int64_t> out(kBlockRows);
-    for (int64_t t = begin; t < end; ++t) {
-      const int64_t s = t / nblocks, n0 = (t % nblocks) * kBlockRows;
+    for (int64_t t = next.fetch_add(1); t < ntasks; t = next.fetch_add(1)) {
+      const int64_t n0 = (t / groups) * kBlockRows;
+      const int64_t s0 = (t % groups) * group_size, s1 = std::min(S, s0 + group_size);
       const int64_t rows = std::min(kBlockRows, N - n0);
       const int64_t padded = (rows + kTileRows - 1) / kTileRows * kTileRows;
-      for (int64_t r = 0; r < rows; ++r) {
-        const scalar_t* src = xp + (n0 + r) * D + s * d;
-        for (int64_t j = 0; j < d; ++j) buf[r * d + j] = static_cast<T>(src[j]);
-      }
       for (int64_t i = rows * d; i < padded * d; ++i) buf[i] = T(0);
-      assign_tile_dispatch<T>(buf.data(), padded, d, cbTp + s * d * Kp, Kp, cosine, out.data());
-      for (int64_t r = 0; r < rows; ++r) {
-        const int64_t k = out[r];
-        ip[(n0 + r) * S + s] = k;
-        std::memcpy(qp + (n0 + r) * D + s * d, cbxp + (s * K + k) * d, d * sizeof(scalar_t));
+      for (int64_t s = s0; s < s1; ++s) {
+        for (int64_t r = 0; r < rows; ++r) {
+          const scalar_t* src = xp + (n0 + r) * D + s * d;
+          for (int64_t j = 0; j < d; ++j) buf[r * d + j] = static_cast<T>(src[j]);
+        }
+        assign_tile_dispatch<T>(buf.data(), padded, d, cbTp + s * d * Kp, Kp, cosine, out.data());
+        for (int64_t r = 0; r < rows; ++r) {
+          const int64_t k = out[r];
+          ip[(n0 + r) * S + s] = k;
+          std::memcpy(qp + (n0 + r) * D + s * d, cbxp + (s * K + k) * d, d * sizeof(scalar_t));
+        }
       }
     }
   });
