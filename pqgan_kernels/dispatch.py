@@ -10,8 +10,8 @@ A backend is a small record of functions with the reference's semantics (see ``r
     unsupported(x, codebooks, distance)     -> None, or a reason this backend can't take these inputs (optional;
         codebooks is None when the op has none: ema_stats, codebook_grad)
 
-Backends register themselves with ``register_backend`` when their module is imported. Modules are loaded lazily,
-on the first call that needs them, so ``import pqgan_kernels`` never fails because triton, the compiled extension
+Backends register themselves with ``register_backend`` when their module is imported. Each module is loaded
+lazily, on the first call that needs that backend, so ``import pqgan_kernels`` never fails because triton, the compiled extension
 or a GPU is missing: such a backend is reported unavailable, with the reason, by ``backend_info()``.
 
 Choice, in order of precedence: the ``backend=`` argument of a call; ``set_default_backend(name)``; the
@@ -55,7 +55,6 @@ class Backend:
 
 _registry: dict[str, Backend] = {}
 _unavailable: dict[str, str] = {}
-_loaded = False
 _default: Optional[str] = None
 
 
@@ -73,23 +72,25 @@ def mark_unavailable(name: str, reason: str) -> None:
         _unavailable[name] = reason
 
 
-def _load_all() -> None:
-    global _loaded
-    if _loaded:
+def _load(name: str) -> None:
+    """Import the module that provides backend ``name`` (once); record why it is unavailable if that fails."""
+    module = _MODULES.get(name)
+    if module is None or name in _registry or name in _unavailable:
         return
-    _loaded = True
-    for name, module in _MODULES.items():
-        if name in _registry or name in _unavailable:
-            continue
-        try:
-            importlib.import_module(module)
-        except ModuleNotFoundError as err:
-            reason = "not built yet" if err.name == module else f"import failed: {err}"
-            mark_unavailable(name, reason)
-        except Exception as err:  # a broken optional backend must not break the package
-            mark_unavailable(name, f"import failed: {type(err).__name__}: {err}")
-        if name not in _registry and name not in _unavailable:
-            mark_unavailable(name, f"{module} did not register it")
+    try:
+        importlib.import_module(module)
+    except ModuleNotFoundError as err:
+        reason = "not built yet" if err.name == module else f"import failed: {err}"
+        mark_unavailable(name, reason)
+    except Exception as err:  # a broken optional backend must not break the package
+        mark_unavailable(name, f"import failed: {type(err).__name__}: {err}")
+    if name not in _registry and name not in _unavailable:
+        mark_unavailable(name, f"{module} did not register it")
+
+
+def _load_all() -> None:
+    for name in _MODULES:
+        _load(name)
 
 
 def available_backends() -> list[str]:
@@ -113,9 +114,9 @@ def set_default_backend(name: Optional[str]) -> None:
 
 
 def get_backend(name: str) -> Backend:
-    _load_all()
     if name not in BACKENDS:
         raise ValueError(f"unknown backend {name!r}; expected 'auto' or one of {BACKENDS}")
+    _load(name)
     if name not in _registry:
         raise RuntimeError(f"backend {name!r} is not available: {_unavailable.get(name, 'unknown')}")
     return _registry[name]
@@ -144,8 +145,8 @@ def resolve_backend(requested: str, x: torch.Tensor, codebooks: Optional[torch.T
         if reason:
             raise ValueError(reason)
         return requested
-    _load_all()
     for name in auto_order(x.device, x, codebooks):
+        _load(name)
         backend = _registry.get(name)
         if backend is not None and backend.check_supports(x, codebooks, distance) is None:
             return name
