@@ -53,7 +53,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--compile", choices=("all", "first", "none"), default=None,
                    help="torch.compile contender on all configs, the first only (--quick default), or none")
     p.add_argument("--max-call-s", type=float, default=None,
-                   help="skip a measurement whose first call takes longer (default 3 s CPU, 30 s GPU)")
+                   help="skip a measurement whose first call takes longer (default 3 s CPU, 5 s GPU)")
     p.add_argument("--max-mem-gb", type=float, default=None,
                    help="skip a contender whose estimated peak exceeds this (default 2 CPU, 85%% of free GPU)")
     p.add_argument("--no-memory", action="store_true", help="skip the peak-memory probes")
@@ -70,7 +70,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     gpu = args.device == "cuda"
     args.repeats = args.repeats or (3 if args.quick else (20 if gpu else 5))
     args.compile = args.compile or ("first" if args.quick else "all")
-    args.max_call_s = args.max_call_s or (30.0 if gpu else 3.0)
+    args.max_call_s = args.max_call_s or (5.0 if gpu else 3.0)
     args.measure = [m.strip() for m in args.measure.split(",") if m.strip()]
     bad = [m for m in args.measure if m not in MEASUREMENTS]
     if bad:

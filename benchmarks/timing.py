@@ -99,9 +99,10 @@ def _measure_cuda(fn: Callable[[], object], repeats: int, call_s: float) -> Timi
     except ImportError:
         do_bench = None
     if do_bench is not None:
-        # do_bench runs as many calls as fit in `rep` ms: ask for enough time to get >= repeats samples even for
-        # slow contenders. return_mode="all" (triton >= 3.0) returns every sample; else fall back to quantiles.
-        rep_ms = max(100.0, 2.0 * repeats * call_s * 1e3)
+        # do_bench runs as many calls as fit in `rep` ms: ask for enough time to get >= repeats samples (>= 5 for
+        # slow contenders). return_mode="all" (triton >= 3.0) returns every sample; else fall back to quantiles.
+        call_ms = call_s * 1e3
+        rep_ms = min(max(100.0, repeats * call_ms), max(10_000.0, 5 * call_ms))  # >= 5 samples, <= ~10 s
         try:
             samples = list(do_bench(fn, warmup=25, rep=rep_ms, return_mode="all"))
             return _summary(samples, "triton.testing.do_bench")

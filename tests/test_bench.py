@@ -115,3 +115,23 @@ def test_naive_quantizer_semantics():
     cb_ref = cb.clone()
     reference.pq_ema_update(x, idx_ref, cb_ref, cs, es, 0.99, 1e-5)
     torch.testing.assert_close(layer.codebooks, cb_ref)
+
+
+def _load_bench_module(name):
+    spec = importlib.util.spec_from_file_location(f"bench_{name}", BENCH / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_floor_model_and_summary():
+    timing = _load_bench_module("timing")
+    peaks = {"fp32_inst_per_s": 1e12, "bytes_per_s": 1e12}
+    # compute-bound: 1000 rows x 4 subspaces x 256 codes x (2*2+1) instructions
+    assert abs(timing.floor_seconds(1000, 4, 2, 256, 4, peaks) - 1000 * 4 * 256 * 5 / 1e12) < 1e-15
+    # memory-bound (K=1): read x + write quantized (4 bytes each) + int64 indices + codebooks
+    expected = (2 * 1000 * 4 * 2 * 4 + 8 * 1000 * 4 + 4 * 4 * 1 * 2) / 1e12
+    assert abs(timing.floor_seconds(1000, 4, 2, 1, 4, peaks) - expected) < 1e-15
+    assert timing.floor_seconds(10, 1, 1, 1, 4, {"fp32_inst_per_s": None, "bytes_per_s": 1.0}) is None
+    t = timing._summary([5.0, 1.0, 3.0, 2.0, 4.0], "x")
+    assert (t.median_ms, t.min_ms, t.max_ms) == (3.0, 1.0, 5.0) and 1.0 <= t.p20_ms <= t.p80_ms <= 5.0
