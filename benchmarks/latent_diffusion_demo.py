@@ -6,8 +6,9 @@
 
 Demo (``--stage demo``):
   (a) trains a tiny PQGAN (``--config``, default tiny_f8_pq: 64px -> 8x8x16 latents) for ``--ae-minutes`` with
-      L1 + MSE + the quantiser loss (no GAN / perceptual term: CPU minutes), or loads ``--checkpoint``; the model is
-      saved as a pqgan checkpoint under OUT/pqgan (reusable with --checkpoint);
+      L1 + MSE + the quantiser loss on random 32px crops (no GAN / perceptual term: CPU minutes), or loads
+      ``--checkpoint``; the model is saved as a pqgan checkpoint (``--ckpt-dir``, default OUT/pqgan; reusable with
+      --checkpoint);
   (b) fits the latent scaling factor, encodes random crops of the training photos (``--data``, default the BSDS500
       train split when present, else scikit-image's bundled photos) once, trains a small diffusers ``UNet2DModel``
       (epsilon prediction, ``DDPMScheduler``) on the scaled PQ latents for ``--diff-minutes``, samples with DDIM,
@@ -63,16 +64,30 @@ def random_batches(dataset, batch_size: int, generator: torch.Generator):
         yield torch.stack([dataset[i] for i in idx])
 
 
+def random_crop(x: torch.Tensor, size: int, generator: torch.Generator) -> torch.Tensor:
+    """One random size x size window per image of (B, C, H, W) (the whole image when size >= H, W)."""
+    H, W = x.shape[-2:]
+    if size >= H and size >= W:
+        return x
+    tops = torch.randint(H - size + 1, (x.shape[0],), generator=generator).tolist()
+    lefts = torch.randint(W - size + 1, (x.shape[0],), generator=generator).tolist()
+    return torch.stack([img[:, t:t + size, l:l + size] for img, t, l in zip(x, tops, lefts)])
+
+
 def train_autoencoder(config: str, dataset, minutes: float, max_steps: int, batch_size: int, lr: float,
-                      device: str, seed: int) -> tuple[PQGAN, dict]:
+                      device: str, seed: int, crop: int = 0) -> tuple[PQGAN, dict]:
+    """L1 + MSE + quantiser loss, Adam; on random ``crop``-pixel windows when crop > 0 (the model is convolutional:
+    small crops buy more steps per CPU second)."""
     torch.manual_seed(seed)
     cfg = load_config(config)
     model = PQGAN(cfg.model).to(device).train()
     opt = torch.optim.Adam(model.parameters(), lr=lr, betas=(0.5, 0.9))
-    batches = random_batches(dataset, batch_size, torch.Generator().manual_seed(seed))
+    gen = torch.Generator().manual_seed(seed)
+    batches = random_batches(dataset, batch_size, gen)
     t0, step, losses = time.perf_counter(), 0, []
     while step < max_steps and time.perf_counter() - t0 < minutes * 60:
-        x = next(batches).to(device)
+        x = next(batches)
+        x = (random_crop(x, crop, gen) if crop else x).to(device)
         recon, q = model(x)
         rec = (recon - x).abs().mean() + F.mse_loss(recon, x)
         loss = rec + q.loss
@@ -84,7 +99,8 @@ def train_autoencoder(config: str, dataset, minutes: float, max_steps: int, batc
         if step % 50 == 0:
             log(f"ae step {step}: recon loss {statistics.mean(losses[-50:]):.4f}, "
                 f"usage {float(q.stats.usage.mean()):.2f}")
-    return model.eval(), {"config": config, "steps": step, "seconds": round(time.perf_counter() - t0, 1),
+    return model.eval(), {"config": config, "steps": step, "batch_size": batch_size, "crop": crop or None,
+                          "seconds": round(time.perf_counter() - t0, 1),
                           "final_recon_loss": statistics.mean(losses[-50:]) if losses else None}
 
 
@@ -184,7 +200,7 @@ def run_demo(args) -> dict:
         model, ae_info = load_pretrained(args.checkpoint, map_location=device), {"checkpoint": args.checkpoint}
     else:
         model, ae_info = train_autoencoder(args.config, train_ds, args.ae_minutes, args.ae_steps, args.ae_batch,
-                                           args.ae_lr, device, args.seed)
+                                           args.ae_lr, device, args.seed, args.ae_crop)
     val = torch.stack([val_ds[i] for i in range(min(len(val_ds), 16))]).to(device)
     with torch.no_grad():
         ae_info["val_psnr_db"] = psnr(model(val)[0], val)
@@ -192,8 +208,10 @@ def run_demo(args) -> dict:
     factor = model.fit_scaling_factor(torch.stack([train_ds[i] for i in range(min(len(train_ds), 64))]).to(device))
     log(f"scaling factor {factor:.4f}")
     if not args.checkpoint:
-        save_checkpoint(str(out / "pqgan" / "checkpoints"), step=ae_info["steps"], model=model,
+        ckpt = Path(args.ckpt_dir) if args.ckpt_dir else out / "pqgan"
+        save_checkpoint(str(ckpt / "checkpoints"), step=ae_info["steps"], model=model,
                         config=load_config(args.config).to_dict())
+        ae_info["saved_to"] = str(ckpt)
     latents = encode_dataset(model, train_ds, args.num_latents, 32, device, args.seed)
     log(f"latents {tuple(latents.shape)}: mean {float(latents.mean()):+.3f} std {float(latents.std()):.3f}")
     unet, sched, diff_info = train_denoiser(latents, args.diff_minutes, args.diff_steps, args.diff_batch,
@@ -342,7 +360,10 @@ def main(argv: Optional[list[str]] = None) -> int:
     g.add_argument("--ae-minutes", type=float, default=4.0)
     g.add_argument("--ae-steps", type=int, default=100000)
     g.add_argument("--ae-batch", type=int, default=8)
-    g.add_argument("--ae-lr", type=float, default=5e-4)
+    g.add_argument("--ae-lr", type=float, default=1e-3)
+    g.add_argument("--ae-crop", type=int, default=32, help="train the autoencoder on random crops of this side "
+                   "(0: whole --resolution images)")
+    g.add_argument("--ckpt-dir", default=None, help="where to save the trained PQGAN (default: OUT/pqgan)")
     g.add_argument("--num-latents", type=int, default=1024, help="random crops encoded for the denoiser")
     g.add_argument("--diff-minutes", type=float, default=4.0)
     g.add_argument("--diff-steps", type=int, default=100000)
