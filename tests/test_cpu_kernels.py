@@ -102,7 +102,8 @@ def test_assign_huge_values_and_identical_codes():
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
 @pytest.mark.parametrize("index_dtype", [torch.int64, torch.int32])
-@pytest.mark.parametrize("N,S,d,K", [(67, 7, 2, 513), (130, 2, 4, 5), (65, 1, 40, 12), (33, 64, 1, 3)])
+@pytest.mark.parametrize("N,S,d,K", [(67, 7, 2, 513), (130, 2, 4, 5), (65, 1, 40, 12), (33, 64, 1, 3),
+                                     (2500, 3, 2, 7), (5000, 1, 20, 4)])  # the last two: several row parts
 def test_ema_stats_and_codebook_grad(dtype, index_dtype, N, S, d, K):
     x, _ = random_case(N, S, d, K, dtype=dtype, seed=N + 11)
     idx = torch.randint(0, K, (N, S), generator=torch.Generator().manual_seed(N)).to(index_dtype)

@@ -5,8 +5,8 @@
 //   sub-vectors into a small buffer in the compute type (fp16/bf16 are up-cast to fp32 here), runs the micro-kernel of assign_kernel.h
 //   against the transposed codebook tile cbT[s] (d, Kp), writes the indices and copies the chosen codewords into
 //   quantized. Working memory: the (S, d, Kp) transposed codebooks plus kBlockRows*d per thread; no (N, K) buffer.
-// pq_ema_stats / pq_codebook_grad: a scatter-add per code. Tasks own disjoint (subspace, coordinate range) pairs and
-//   visit rows in order, so the sums are deterministic and independent of the thread count.
+// pq_ema_stats / pq_codebook_grad: a scatter-add per code into per-row-part partial sums added in a fixed order, so
+//   the sums are deterministic and independent of the thread count (see scatter_cpu_impl).
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 #include <torch/library.h>
@@ -24,7 +24,9 @@ namespace cpu {
 namespace {
 
 constexpr int64_t kBlockRows = 64;  // rows per task (a multiple of kTileRows)
-constexpr int64_t kStatChunk = 16;  // coordinates per scatter task
+constexpr int64_t kStatChunk = 16;      // coordinates per scatter work unit
+constexpr int64_t kStatParts = 8;       // at most this many row parts (partial sums) ...
+constexpr int64_t kStatPartRows = 1024; // ... of at least this many rows
 
 template <typename T>
 void assign_tile_dispatch(const T* xs, int64_t rows, int64_t d, const T* cbT, int64_t Kp, bool cosine, int64_t* out) {
@@ -109,25 +111,52 @@ void scatter_cpu_impl(const at::Tensor& values, const at::Tensor& indices, at::T
   const index_t* ip = indices.data_ptr<index_t>();
   T* sp = sums.data_ptr<T>();
   T* cp = counts ? counts->data_ptr<T>() : nullptr;
+  // Tasks are (row part p, range of work units), a unit being (s, coordinate chunk) in memory order. A task walks
+  // its rows in order and reads one contiguous piece of each row; row part p accumulates into its own partial
+  // buffer, and the parts are added in order at the end. Both splits depend only on the shapes and the thread count
+  // never changes a sum: the result is deterministic.
   const int64_t nchunks = (d + kStatChunk - 1) / kStatChunk;
+  const int64_t units = S * nchunks;
+  const int64_t threads = std::max<int64_t>(1, at::get_num_threads());
+  const int64_t parts = std::min<int64_t>(kStatParts, (N + kStatPartRows - 1) / kStatPartRows);
+  const int64_t groups = std::min<int64_t>(units, (4 * threads + parts - 1) / parts);
+  const int64_t per_part = S * K * d;
+  std::vector<T> partial(parts > 1 ? (parts - 1) * (per_part + (cp ? S * K : 0)) : 0, T(0));
   std::atomic<bool> bad{false};
-  at::parallel_for(0, S * nchunks, 1, [&](int64_t begin, int64_t end) {
+  at::parallel_for(0, parts * groups, 1, [&](int64_t begin, int64_t end) {
     for (int64_t t = begin; t < end; ++t) {
-      const int64_t s = t / nchunks, j0 = (t % nchunks) * kStatChunk, j1 = std::min(d, j0 + kStatChunk);
-      const bool count = cp != nullptr && j0 == 0;
-      for (int64_t n = 0; n < N; ++n) {
-        const int64_t k = static_cast<int64_t>(ip[n * S + s]);
-        if (k < 0 || k >= K) {
-          bad = true;
-          return;
+      const int64_t p = t / groups, g = t % groups;
+      const int64_t u0 = units * g / groups, u1 = units * (g + 1) / groups;
+      const int64_t n0 = N * p / parts, n1 = N * (p + 1) / parts;
+      T* sums_p = p == 0 ? sp : partial.data() + (p - 1) * (per_part + (cp ? S * K : 0));
+      T* counts_p = cp == nullptr ? nullptr : (p == 0 ? cp : sums_p + per_part);
+      for (int64_t n = n0; n < n1; ++n) {
+        for (int64_t u = u0; u < u1; ++u) {
+          const int64_t s = u / nchunks, j0 = (u % nchunks) * kStatChunk, j1 = std::min(d, j0 + kStatChunk);
+          const int64_t k = static_cast<int64_t>(ip[n * S + s]);
+          if (k < 0 || k >= K) {
+            bad = true;
+            return;
+          }
+          const scalar_t* src = vp + n * D + s * d;
+          T* dst = sums_p + (s * K + k) * d;
+          for (int64_t j = j0; j < j1; ++j) dst[j] += static_cast<T>(src[j]);
+          if (counts_p != nullptr && j0 == 0) counts_p[s * K + k] += T(1);
         }
-        const scalar_t* src = vp + n * D + s * d;
-        T* dst = sp + (s * K + k) * d;
-        for (int64_t j = j0; j < j1; ++j) dst[j] += static_cast<T>(src[j]);
-        if (count) cp[s * K + k] += T(1);
       }
     }
   });
+  if (parts > 1 && !bad) {
+    const int64_t stride = per_part + (cp ? S * K : 0);
+    at::parallel_for(0, stride, 4096, [&](int64_t begin, int64_t end) {
+      for (int64_t i = begin; i < end; ++i) {
+        T* out = i < per_part ? sp + i : cp + (i - per_part);
+        T acc = *out;
+        for (int64_t p = 1; p < parts; ++p) acc += partial[(p - 1) * stride + i];
+        *out = acc;
+      }
+    });
+  }
   TORCH_CHECK_VALUE(!bad, "indices has values outside [0, ", K, ")");
 }
 
