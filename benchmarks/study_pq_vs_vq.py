@@ -370,7 +370,33 @@ def plot_psnr_vs_d(runs: List[Dict[str, Any]], path: Path) -> Optional[Path]:
     return path
 
 
-def report(out: Path, docs: Path = DOCS, plot: Path = PLOT) -> str:
+@torch.no_grad()
+def reference_baselines(eval_set) -> Dict[str, float]:
+    """PSNR of model-free reconstructions of the evaluation crops, to put the runs' numbers in scale:
+    each image's mean colour, the whole set's mean colour, and the F x F block means (the 8x8 grid a F8 latent
+    has, 3 floats per position) upsampled bilinearly."""
+    import torch.nn.functional as F
+    from pqgan.metrics import psnr
+    x = to_unit(torch.stack([eval_set[i] for i in range(len(eval_set))]))
+    per_image = x.mean((2, 3), keepdim=True).expand_as(x)
+    global_mean = x.mean((0, 2, 3), keepdim=True).expand_as(x)
+    blocks = F.interpolate(F.avg_pool2d(x, 8), scale_factor=8, mode="bilinear", align_corners=False)
+    return {"per-image mean colour": float(psnr(x, per_image).mean()),
+            "evaluation-set mean colour": float(psnr(x, global_mean).mean()),
+            "8x8-pixel block means, bilinear upsampling (192 floats per image)": float(psnr(x, blocks).mean())}
+
+
+def baselines_text(budget: Dict[str, Any], eval_dir: str) -> str:
+    try:
+        eval_set = PhotoCrops(eval_files(eval_dir, budget["eval_images"]), budget["eval_crop"], random=False,
+                              scale=budget.get("scale", budget["eval_crop"]))
+    except FileNotFoundError:
+        return ""
+    lines = [f"- {name}: PSNR {value:.2f} dB" for name, value in reference_baselines(eval_set).items()]
+    return (f"\n\nModel-free references on the same {len(eval_set)} evaluation crops:\n" + "\n".join(lines))
+
+
+def report(out: Path, docs: Path = DOCS, plot: Path = PLOT, eval_dir: str = str(BSDS / "test")) -> str:
     """Table (into ``docs`` between the study-table markers, when present) and the PSNR-vs-D plot."""
     records = load_records(out)
     if not records:
@@ -381,6 +407,7 @@ def report(out: Path, docs: Path = DOCS, plot: Path = PLOT) -> str:
     table = markdown_table(runs)
     if missing:
         table += "\n\nMissing (not run / not finished): " + ", ".join(f"`{m}`" for m in missing)
+    table += baselines_text(runs[0]["budget"], eval_dir)
     plot_psnr_vs_d(runs, plot)
     if docs.is_file():
         text = docs.read_text()
@@ -447,7 +474,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     args = build_parser().parse_args(argv)
     out = Path(args.out)
     if args.report:
-        print(report(out, Path(args.docs), Path(args.plot)))
+        print(report(out, Path(args.docs), Path(args.plot), args.eval_dir))
         return 0
     try:
         runs = select_runs(args.runs)

@@ -80,10 +80,11 @@ def test_report_fills_markdown_and_plot(study_dir):
     docs = base / "results.md"
     docs.write_text(f"# Results\n\n{study.TABLE_BEGIN}\nold\n{study.TABLE_END}\n\ntext after\n")
     plot = base / "plot.png"
-    assert study.main(["--report", "--out", str(base / "out"), "--docs", str(docs), "--plot", str(plot)]) == 0
+    assert study.main(["--report", "--out", str(base / "out"), "--docs", str(docs), "--plot", str(plot),
+                       "--eval-dir", str(base / "test")]) == 0
     text = docs.read_text()
     assert "old" not in text and "vq_D16_S1_K256" in text and "text after" in text
-    assert "Missing" in text
+    assert "Missing" in text and "per-image mean colour" in text
     assert plot.is_file() and plot.stat().st_size > 1000
 
 
