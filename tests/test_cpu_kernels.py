@@ -194,3 +194,14 @@ def test_opcheck_native_ops():
     torch.library.opcheck(ops.pq_assign.default, (x.double(), cb, True))
     torch.library.opcheck(ops.pq_ema_stats.default, (x, idx, 7))
     torch.library.opcheck(ops.pq_codebook_grad.default, (x, idx.int(), 7))
+
+
+def test_assign_allocates_no_rows_by_codes_buffer():
+    """The fused kernel's allocations stay far below one (N, K) fp32 buffer (the reference allocates it)."""
+    from torch.profiler import ProfilerActivity, profile
+    N, K = 2048, 2048
+    x, cb = random_case(N, 1, 1, K, seed=3)
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        ops.pq_assign(x, cb, False)
+    largest = max((e.cpu_memory_usage for e in prof.events()), default=0)
+    assert 0 < largest < N * K * 4 // 16, largest
