@@ -205,3 +205,28 @@ def test_assign_allocates_no_rows_by_codes_buffer():
         ops.pq_assign(x, cb, False)
     largest = max((e.cpu_memory_usage for e in prof.events()), default=0)
     assert 0 < largest < N * K * 4 // 16, largest
+
+
+def test_generic_isa_copy_matches_the_oracle():
+    """The baseline (non-AVX2) copy of the kernels, forced with PQGAN_CPU_ISA=generic in a fresh process."""
+    import os
+    import subprocess
+    import sys
+    code = """
+import torch, pqgan_kernels._C
+from kernel_checks import assert_assignment, random_case
+assert torch.ops.pqgan_native.cpu_isa() == "generic"
+for (N, S, d, K) in [(67, 7, 2, 513), (30, 2, 3, 5), (33, 2, 16, 40)]:
+    for dtype in (torch.float32, torch.float64):
+        for distance in ("l2", "cosine"):
+            x, cb = random_case(N, S, d, K, dtype=dtype, seed=N + d)
+            q, i = torch.ops.pqgan_native.pq_assign(x, cb, distance == "cosine")
+            assert_assignment(x, cb, q, i, distance=distance)
+        x, cb = random_case(N, S, d, K, dtype=dtype, seed=N + d, integer=True)
+        q, i = torch.ops.pqgan_native.pq_assign(x, cb, False)
+        assert_assignment(x, cb, q, i, integer=True)
+"""
+    env = dict(os.environ, PQGAN_CPU_ISA="generic")
+    env["PYTHONPATH"] = os.pathsep.join([os.path.dirname(__file__), env.get("PYTHONPATH", "")])
+    result = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]

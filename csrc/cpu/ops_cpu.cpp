@@ -12,8 +12,10 @@
 #include <torch/library.h>
 
 #include <atomic>
+#include <cstdlib>
 #include <cstring>
 #include <limits>
+#include <string>
 #include <vector>
 
 #include "checks.h"
@@ -28,10 +30,20 @@ constexpr int64_t kStatChunk = 16;      // coordinates per scatter work unit
 constexpr int64_t kStatParts = 8;       // at most this many row parts (partial sums) ...
 constexpr int64_t kStatPartRows = 1024; // ... of at least this many rows
 
+// The AVX2 copy when the CPU has AVX2+FMA, unless PQGAN_CPU_ISA=generic (read once per process; used by the tests).
+bool use_avx2() {
+  static const bool value = [] {
+    const char* env = std::getenv("PQGAN_CPU_ISA");
+    return have_avx2() && !(env != nullptr && std::string(env) == "generic");
+  }();
+  return value;
+}
+
+std::string cpu_isa() { return use_avx2() ? "avx2" : "generic"; }
+
 template <typename T>
 void assign_tile_dispatch(const T* xs, int64_t rows, int64_t d, const T* cbT, int64_t Kp, bool cosine, int64_t* out) {
-  static const bool use_avx2 = have_avx2();
-  if (use_avx2) avx2::assign_tile(xs, rows, d, cbT, Kp, cosine, out);
+  if (use_avx2()) avx2::assign_tile(xs, rows, d, cbT, Kp, cosine, out);
   else generic::assign_tile(xs, rows, d, cbT, Kp, cosine, out);
 }
 
@@ -200,6 +212,11 @@ at::Tensor pq_codebook_grad_cpu(const at::Tensor& grad_in, const at::Tensor& ind
 }  // namespace
 }  // namespace cpu
 }  // namespace pqgan
+
+// Which copy of the CPU assignment kernels runs: "avx2" or "generic".
+TORCH_LIBRARY_FRAGMENT(pqgan_native, m) {
+  m.def("cpu_isa() -> str", &pqgan::cpu::cpu_isa);
+}
 
 TORCH_LIBRARY_IMPL(pqgan_native, CPU, m) {
   m.impl("pq_assign", &pqgan::cpu::pq_assign_cpu);
