@@ -16,18 +16,10 @@ from pqgan.checkpoint import load_pretrained, save_checkpoint
 from pqgan.config import load_config
 from pqgan.diffusers_adapter import DiffusersPQAutoencoder
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+from model_helpers import random_images
 
 
-def _images(b, r=32, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    return torch.rand(b, 3, r, r, generator=g) * 2 - 1
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _model(name="tiny_f8_pq", seed=0, **overrides):
@@ -43,14 +35,14 @@ def f8():
     m = _model("tiny_f8_pq")
     with torch.no_grad():  # non-trivial codebooks: spread like the latents they quantise
         m.quantizer.codebooks.mul_(0.5)
-    m.fit_scaling_factor(_images(4, seed=1))
+    m.fit_scaling_factor(random_images(4, seed=1))
     return m
 
 
 @pytest.mark.parametrize("name", ["tiny_f8_pq", "tiny_f16_pq"])
 def test_decode_latents_of_encode_latents_is_the_eval_reconstruction(name):
     m = _model(name)
-    x = _images(2)
+    x = random_images(2)
     factor = m.fit_scaling_factor(x)
     assert factor != 1.0
     with torch.no_grad():
@@ -69,7 +61,7 @@ def test_decode_latents_of_encode_latents_is_the_eval_reconstruction(name):
 
 
 def test_requantisation_is_idempotent(f8):
-    x = _images(2, seed=2)
+    x = random_images(2, seed=2)
     z = f8.encode_latents(x)
     assert torch.equal(f8.snap_latents(z), z)
     assert torch.equal(f8.snap_latents(f8.snap_latents(z)), f8.snap_latents(z))
@@ -98,7 +90,7 @@ def _spacing_noise(m, idx, fraction, seed):
 
 
 def test_noise_below_half_the_code_spacing_is_absorbed(f8):
-    x = _images(2, seed=4)
+    x = random_images(2, seed=4)
     z = f8.encode_latents(x)
     idx = f8.latents_to_indices(z)
     noisy = z + _spacing_noise(f8, idx, 0.45, seed=5)
@@ -118,7 +110,7 @@ def test_noise_below_half_the_code_spacing_is_absorbed(f8):
 
 def test_scaling_factor_fit_gives_unit_variance_and_merges_batches():
     m = _model("tiny_f8_pq")
-    x = _images(5, seed=6)
+    x = random_images(5, seed=6)
     a = m.fit_scaling_factor(x, batch_size=5)
     assert float(m.scaling_factor) == pytest.approx(a, rel=1e-6)
     assert float(m.encode_latents(x).std(unbiased=False)) == pytest.approx(1.0, rel=1e-5)
@@ -140,7 +132,7 @@ def test_scaling_factor_survives_checkpoints_and_old_ones_load_with_one(f8, tmp_
     save_checkpoint(str(tmp_path / "ckpt"), step=1, model=f8, config=load_config("tiny_f8_pq").to_dict())
     loaded = load_pretrained(str(tmp_path / "ckpt"))
     assert float(loaded.scaling_factor) == float(f8.scaling_factor) != 1.0
-    x = _images(1, seed=7)
+    x = random_images(1, seed=7)
     assert torch.equal(loaded.encode_latents(x), f8.encode_latents(x))
     old = {k: v for k, v in f8.state_dict().items() if k != "scaling_factor"}
     fresh = _model("tiny_f8_pq", seed=1)
@@ -154,7 +146,7 @@ def test_scaling_factor_survives_checkpoints_and_old_ones_load_with_one(f8, tmp_
 def test_latent_interface_never_updates_the_quantiser():
     m = _model("tiny_f8_pq", ema_decay=0.9, dead_code_threshold=0.5).train()
     before = copy.deepcopy(m.quantizer.state_dict())
-    x = _images(2, seed=8)
+    x = random_images(2, seed=8)
     z = m.encode_latents(x)
     m.decode_latents(z + 0.3 * torch.randn_like(z))
     m.snap_latents(z)
@@ -164,7 +156,7 @@ def test_latent_interface_never_updates_the_quantiser():
 
 
 def test_bad_latents_are_rejected(f8):
-    z = f8.encode_latents(_images(1))
+    z = f8.encode_latents(random_images(1))
     with pytest.raises(ValueError):
         f8.decode_latents(z[:, :-1])
     with pytest.raises(ValueError):
@@ -191,7 +183,7 @@ def _unet(channels, side):
 
 def test_adapter_protocol(f8):
     ae = DiffusersPQAutoencoder(f8)
-    x = _images(2, seed=9)
+    x = random_images(2, seed=9)
     enc = ae.encode(x)
     assert torch.equal(enc.latent_dist.sample(), enc.latent_dist.mode())
     assert torch.equal(enc.latents, f8.encode_latents(x, scaled=False))
@@ -217,7 +209,7 @@ def test_adapter_trains_and_samples_with_diffusers_unet_and_ddpm(f8):
     pytest.importorskip("diffusers")
     from diffusers import DDPMScheduler
     ae = DiffusersPQAutoencoder(f8)
-    x = _images(2, seed=10)
+    x = random_images(2, seed=10)
     latents = ae.encode(x).latent_dist.sample() * ae.config.scaling_factor  # (2, 16, 4, 4)
     unet = _unet(latents.shape[1], latents.shape[-1])
     sched = DDPMScheduler(num_train_timesteps=50)

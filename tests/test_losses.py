@@ -12,20 +12,12 @@ from pqgan.discriminator import NLayerDiscriminator
 from pqgan.losses import PQGANLoss, adaptive_weight, hinge_d_loss, vanilla_d_loss
 from pqgan.perceptual import STLPIPS, build_perceptual, lpips_available, stlpips_available
 
+from model_helpers import random_images
+
 needs_st = pytest.mark.skipif(not stlpips_available("alex"), reason="stlpips-pytorch not installed")
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-def _images(b, r, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    return torch.rand(b, 3, r, r, generator=g) * 2 - 1
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _tiny():
@@ -52,7 +44,7 @@ def test_discriminator_shapes():
     w = d.main[0].weight.detach()
     assert abs(float(w.std()) - 0.02) < 0.005 and abs(float(w.mean())) < 0.005
     act = NLayerDiscriminator(ndf=8, n_layers=2, norm="act")
-    out = act(_images(4, 32))
+    out = act(random_images(4, 32))
     assert out.shape == (4, 1, 6, 6) and torch.isfinite(out).all()
     with pytest.raises(ValueError):
         NLayerDiscriminator(norm="layer")
@@ -61,7 +53,7 @@ def test_discriminator_shapes():
 def test_adaptive_weight_is_the_grad_norm_ratio():
     torch.manual_seed(0)
     model = _tiny()
-    x = _images(2, 32, seed=1)
+    x = random_images(2, 32, seed=1)
     recon, _ = model(x)
     nll = (recon - x).abs().mean()
     g = -recon.pow(2).mean() * 3
@@ -78,7 +70,7 @@ def test_generator_and_discriminator_losses():
     model = _tiny()
     crit = PQGANLoss(LossConfig(perceptual="none", disc_start=10, disc_ndf=8, disc_layers=2))
     assert crit.perceptual is None and crit.perceptual_name == "none"
-    x = _images(2, 32, seed=2)
+    x = random_images(2, 32, seed=2)
     recon, q = model(x)
 
     # before disc_start: no GAN term, D untouched, the D loss is a zero leaf that is safe to backward
@@ -134,7 +126,7 @@ def test_stlpips_distance_behaves():
     torch.manual_seed(0)
     p = STLPIPS("alex")
     assert p.name == "ST-LPIPS-alex" and not any(q.requires_grad for q in p.parameters())
-    x = _images(2, 32, seed=3)
+    x = random_images(2, 32, seed=3)
     d0 = p(x, x)
     d1 = p(x, (x + 0.1 * torch.randn_like(x)).clamp(-1, 1))
     d2 = p(x, (x + 0.5 * torch.randn_like(x)).clamp(-1, 1))
@@ -155,7 +147,7 @@ def test_stlpips_matches_the_package(monkeypatch):
     monkeypatch.setitem(sys.modules, "torchsummary", types.SimpleNamespace(summary=None))
     stlpips = pytest.importorskip("stlpips_pytorch.stlpips")
     ref = stlpips.LPIPS(net="alex", variant="shift_tolerant", verbose=False).eval()
-    x = _images(2, 48, seed=4)
+    x = random_images(2, 48, seed=4)
     y = (x + 0.3 * torch.randn(x.shape, generator=torch.Generator().manual_seed(5))).clamp(-1, 1)
     with torch.no_grad():
         torch.testing.assert_close(STLPIPS("alex")(x, y), ref(x, y).flatten(), rtol=1e-5, atol=1e-7)
@@ -170,7 +162,7 @@ def test_loss_module_state_and_perceptual_term():
     crit.to(torch.float64)
     assert next(crit.perceptual.parameters()).dtype == torch.float64  # but it moves with the module
     crit.to(torch.float32)
-    x = _images(2, 32, seed=6)
+    x = random_images(2, 32, seed=6)
     y = (x + 0.2 * torch.randn_like(x)).clamp(-1, 1)
     loss, logs = crit.generator_loss(x, y, torch.tensor(0.0), step=0)
     torch.testing.assert_close(loss, logs["l1"] + logs["perceptual"])

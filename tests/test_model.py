@@ -9,23 +9,14 @@ import yaml
 from pqgan import PQGAN
 from pqgan.config import (Config, ModelConfig, apply_overrides, available_configs, load_config)
 
+from model_helpers import random_images
+
 TINY = ["tiny_f8_pq", "tiny_f8_vq", "tiny_f8_sq", "tiny_f16_pq"]
 PAPER = ["f8_k512_d128_s64", "f16_k128_d128_s64", "f8_vq_k16384_d8", "f16_vq_k16384_d8"]
 BSDS = Path("/work/shared/data/train/bsds500")
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Small convs run faster on one thread than on two contended ones (CI and dev machines share cores)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-def _images(b, r, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    return torch.rand(b, 3, r, r, generator=g) * 2 - 1
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def test_all_configs_present_and_round_trip():
@@ -113,7 +104,7 @@ def test_paper_f16_forward_small_input():
     torch.manual_seed(0)
     model = PQGAN.from_config("f16_k128_d128_s64").eval()
     with torch.no_grad():
-        recon, q = model(_images(1, 64))
+        recon, q = model(random_images(1, 64))
     assert recon.shape == (1, 3, 64, 64) and q.indices.shape == (1, 4, 4, 64)
     assert torch.isfinite(recon).all() and int(q.indices.max()) < 128
 
@@ -123,7 +114,7 @@ def test_tiny_forward_shapes_and_round_trip(name):
     torch.manual_seed(0)
     cfg = load_config(name).model
     model = PQGAN(cfg)
-    x = _images(2, cfg.resolution, seed=1)
+    x = random_images(2, cfg.resolution, seed=1)
     recon, q = model(x)
     h = cfg.resolution // cfg.downsample_factor
     assert recon.shape == x.shape and recon.dtype == torch.float32
@@ -154,7 +145,7 @@ def test_latent_api_and_ema_switch():
     torch.manual_seed(0)
     cfg = apply_overrides(load_config("tiny_f8_pq"), ["model.ema_decay=0.9"]).model
     model = PQGAN(cfg)
-    x = _images(2, 64, seed=2)
+    x = random_images(2, 64, seed=2)
     z = model.encode_to_latent(x)
     assert z.shape == (2, 16, 8, 8)
     before = model.quantizer.codebooks.clone()
@@ -176,7 +167,7 @@ def test_constructors():
 def test_bad_inputs():
     model = PQGAN.from_config("tiny_f8_sq")
     with pytest.raises(ValueError, match="multiples of 8"):
-        model(_images(1, 60))
+        model(random_images(1, 60))
     with pytest.raises(ValueError):
         model(torch.rand(1, 1, 64, 64))
     with pytest.raises(TypeError):

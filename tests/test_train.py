@@ -25,13 +25,7 @@ TINY = ["train.resolution=32", "model.resolution=32", "loss.perceptual=none", "l
         "train.num_workers=0"]
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny convolutions run faster on one thread than on two contended ones; restored afterwards."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _sets(extra=()):
