@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import torch
 
+from . import cpu_large_d
 from .dispatch import Backend, mark_unavailable, register_backend
 
 BUILD_INFO = None
@@ -49,6 +50,13 @@ def assign(x: torch.Tensor, codebooks: torch.Tensor, distance: str = "l2") -> tu
     return torch.ops.pqgan_native.pq_assign(x, codebooks, distance == "cosine")
 
 
+def cpu_assign(x: torch.Tensor, codebooks: torch.Tensor, distance: str = "l2") -> tuple[torch.Tensor, torch.Tensor]:
+    """``assign`` on the CPU; l2 with d >= cpu_large_d.LARGE_D goes to the exact BLAS + re-check path (faster)."""
+    if distance == "l2" and codebooks.shape[2] >= cpu_large_d.LARGE_D:
+        return cpu_large_d.assign_l2(x, codebooks)
+    return assign(x, codebooks, distance)
+
+
 def ema_stats(x: torch.Tensor, indices: torch.Tensor, num_codes: int) -> tuple[torch.Tensor, torch.Tensor]:
     """x (N, S*d), indices (N, S) -> (counts (S, K), sums (S, K, d)), fp32 (fp64 for fp64 x)."""
     return torch.ops.pqgan_native.pq_ema_stats(x, indices, int(num_codes))
@@ -76,7 +84,7 @@ def _register() -> None:
         mark_unavailable("cuda", reason)
         return
     _register_fakes()
-    register_backend(Backend(name="cpu", devices=("cpu",), assign=assign, ema_stats=ema_stats,
+    register_backend(Backend(name="cpu", devices=("cpu",), assign=cpu_assign, ema_stats=ema_stats,
                              codebook_grad=codebook_grad))
     if "cuda" not in BUILD_INFO:
         mark_unavailable("cuda", "extension built without CUDA (rebuild with CUDA_HOME set or PQGAN_BUILD_CUDA=1)")
