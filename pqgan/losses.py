@@ -20,6 +20,7 @@ from torch import nn
 
 from .config import LossConfig
 from .discriminator import NLayerDiscriminator
+from .image_checks import check_image_pair
 from .perceptual import build_perceptual
 
 
@@ -87,7 +88,7 @@ class PQGANLoss(nn.Module):
 
     def reconstruction_loss(self, img: torch.Tensor, recon: torch.Tensor) -> tuple[torch.Tensor, dict]:
         """l1_weight * mean |img - recon| + perceptual_weight * mean perceptual distance (float32 scalars)."""
-        _check_images(img, recon)
+        check_image_pair(img, recon)
         l1 = (img.float() - recon.float()).abs().mean()
         total = self.config.l1_weight * l1
         logs = {"l1": l1.detach()}
@@ -129,7 +130,7 @@ class PQGANLoss(nn.Module):
     def discriminator_loss(self, img: torch.Tensor, recon: torch.Tensor,
                            step: int) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """disc_factor * hinge (or vanilla) loss on D(img) vs D(recon.detach()); a zero leaf before disc_start."""
-        _check_images(img, recon)
+        check_image_pair(img, recon)
         if not self.disc_active(step):
             zero = torch.zeros((), device=img.device, requires_grad=True)
             return zero, {"d_loss": zero.detach(), "logits_real": zero.detach(), "logits_fake": zero.detach()}
@@ -138,14 +139,6 @@ class PQGANLoss(nn.Module):
         loss = self.config.disc_factor * self._d_loss(logits_real, logits_fake)
         return loss, {"d_loss": loss.detach(), "logits_real": logits_real.mean().detach(),
                       "logits_fake": logits_fake.mean().detach()}
-
-
-def _check_images(img: torch.Tensor, recon: torch.Tensor) -> None:
-    if not isinstance(img, torch.Tensor) or not isinstance(recon, torch.Tensor):
-        raise TypeError("img and recon must be tensors")
-    if img.shape != recon.shape or img.dim() != 4:
-        raise ValueError(f"img and recon must be (B, C, H, W) of equal shape, got {tuple(img.shape)} and "
-                         f"{tuple(recon.shape)}")
 
 
 __all__ = ["PQGANLoss", "adaptive_weight", "hinge_d_loss", "vanilla_d_loss"]

@@ -19,6 +19,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from .image_checks import check_image_pair
 from .packing import bits_per_code
 
 
@@ -27,21 +28,11 @@ def to_unit(img: torch.Tensor) -> torch.Tensor:
     return ((img.float() + 1.0) * 0.5).clamp(0.0, 1.0)
 
 
-def _check_pair(x: torch.Tensor, y: torch.Tensor) -> None:
-    if not isinstance(x, torch.Tensor) or not isinstance(y, torch.Tensor):
-        raise TypeError("images must be torch tensors")
-    if x.shape != y.shape or x.dim() != 4:
-        raise ValueError(f"expected two (B, C, H, W) images of the same shape, got {tuple(x.shape)} and "
-                         f"{tuple(y.shape)}")
-    if not x.is_floating_point() or not y.is_floating_point():
-        raise TypeError(f"images must be floating point, got {x.dtype} and {y.dtype}")
-
-
 # --- PSNR ----------------------------------------------------------------------------------------------------------
 
 def mse_per_image(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     """(B, C, H, W) x2 -> (B,) mean squared error, in float64."""
-    _check_pair(x, y)
+    check_image_pair(x, y)
     return (x.double() - y.double()).pow(2).flatten(1).mean(1)
 
 
@@ -70,7 +61,7 @@ def ssim(x: torch.Tensor, y: torch.Tensor, data_range: float = 1.0, window: int 
     """(B,) SSIM (Wang et al. 2004): gaussian window 11 / sigma 1.5, C1=(k1 L)^2, C2=(k2 L)^2, computed per channel
     over the 'valid' window positions, averaged over positions then channels. Matches skimage's
     ``structural_similarity(gaussian_weights=True, sigma=1.5, use_sample_covariance=False)``."""
-    _check_pair(x, y)
+    check_image_pair(x, y)
     B, C, H, W = x.shape
     if H < window or W < window:
         raise ValueError(f"SSIM needs images of at least {window}x{window}, got {H}x{W}")
@@ -254,7 +245,7 @@ class MetricAccumulator:
     @torch.no_grad()
     def update(self, real: torch.Tensor, recon: torch.Tensor, indices: Optional[torch.Tensor] = None) -> None:
         """real, recon: (B, C, H, W) in [0, 1]; indices: (B, h, w, S)."""
-        _check_pair(real, recon)
+        check_image_pair(real, recon)
         mse = mse_per_image(real, recon)
         self.n += real.shape[0]
         self.sq_err += float(mse.sum()) * real[0].numel()

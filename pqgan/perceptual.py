@@ -23,6 +23,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .image_checks import check_image_pair
+
 NETS = ("vgg", "alex")
 # torchvision's download file names of the ImageNet backbones that ``lpips`` builds on.
 _TORCHVISION_FILES = {"vgg": "vgg16-397923af.pth", "alex": "alexnet-owt-7be5be79.pth"}
@@ -158,7 +160,7 @@ class STLPIPS(nn.Module):
         return super().train(False)  # frozen metric network: always in eval mode
 
     def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        _check_pair(x, y)
+        check_image_pair(x, y, channels=3)
         fx, fy = self.net((x - self.shift) / self.scale), self.net((y - self.shift) / self.scale)
         total = 0.0
         for lin, a, b in zip(self.lins, fx, fy):
@@ -187,14 +189,8 @@ class _LPIPSWrapper(nn.Module):
         return super().train(False)
 
     def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        _check_pair(x, y)
+        check_image_pair(x, y, channels=3)
         return self.model(x, y).flatten()
-
-
-def _check_pair(x: torch.Tensor, y: torch.Tensor) -> None:
-    if x.shape != y.shape or x.dim() != 4 or x.shape[1] != 3:
-        raise ValueError(f"perceptual distance needs two (B, 3, H, W) images of equal shape, got "
-                         f"{tuple(x.shape)} and {tuple(y.shape)}")
 
 
 def build_perceptual(kind: str = "auto", net: str = "vgg") -> Optional[nn.Module]:
