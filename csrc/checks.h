@@ -3,6 +3,8 @@
 #pragma once
 #include <ATen/ATen.h>
 
+#include <tuple>
+
 namespace pqgan {
 
 inline bool is_float_dtype(at::ScalarType t) {
@@ -48,6 +50,21 @@ inline void check_scatter_args(const char* op, const at::Tensor& values, const a
   TORCH_CHECK_VALUE(num_codes >= 1, op, ": num_codes must be >= 1, got ", num_codes);
   TORCH_CHECK_VALUE(values.device() == indices.device(), op, ": tensors must be on the same device, got ",
                     values.device(), " and ", indices.device());
+}
+
+// The body of pq_ema_stats / pq_codebook_grad after the checks, shared by the CPU and CUDA ops: contiguous inputs,
+// zeroed counts (S, K) (when with_counts) and sums (S, K, d) in the compute dtype, filled by
+// scatter(values, indices, sums, counts-or-nullptr). Returns (counts or an undefined tensor, sums).
+template <typename Scatter>
+std::tuple<at::Tensor, at::Tensor> scatter_outputs(const at::Tensor& values_in, const at::Tensor& indices_in,
+                                                   int64_t num_codes, bool with_counts, Scatter scatter) {
+  const at::Tensor values = values_in.contiguous(), indices = indices_in.contiguous();
+  const int64_t S = indices.size(1), d = values.size(1) / S;
+  const auto opts = values.options().dtype(compute_dtype(values));
+  at::Tensor counts = with_counts ? at::zeros({S, num_codes}, opts) : at::Tensor();
+  at::Tensor sums = at::zeros({S, num_codes, d}, opts);
+  scatter(values, indices, sums, with_counts ? &counts : nullptr);
+  return {counts, sums};
 }
 
 }  // namespace pqgan

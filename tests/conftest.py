@@ -21,7 +21,6 @@ def pytest_collection_modifyitems(config, items):
 @pytest.fixture
 def one_thread():
     """Tiny convolutions run faster on one torch thread than on two contended ones (CI has 2 shared cores)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+    from kernel_checks import torch_threads
+    with torch_threads(1):
+        yield

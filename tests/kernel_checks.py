@@ -7,6 +7,8 @@ distances, so there every index must equal the oracle's, ties included (lowest i
 """
 from __future__ import annotations
 
+import contextlib
+
 import torch
 
 from pqgan_kernels import reference
@@ -55,3 +57,14 @@ def assert_assignment(x, codebooks, quantized, indices, distance="l2", min_exact
     exact = (idx == best).double().mean().item()
     assert exact >= min_exact, f"only {exact:.4%} of indices equal the oracle's"
     return exact
+
+
+@contextlib.contextmanager
+def torch_threads(n: int):
+    """Run the block with n torch threads, then restore the previous count."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)

@@ -10,7 +10,7 @@ import torch
 
 import pqgan_kernels
 from pqgan_kernels import reference
-from kernel_checks import assert_assignment, random_case
+from kernel_checks import assert_assignment, random_case, torch_threads
 
 native = pytest.importorskip("pqgan_kernels.native_backend")
 pytestmark = pytest.mark.skipif(pqgan_kernels.backend_info()["cpu"] != "available",
@@ -79,12 +79,8 @@ def test_assign_noncontiguous_and_thread_count_invariant():
     xt = torch.cat([x, x], 1)[:, ::2]  # a strided view with the same shape
     x = xt.contiguous()
     q1, i1 = ops.pq_assign(xt, cb.transpose(1, 2).contiguous().transpose(1, 2), False)
-    threads = torch.get_num_threads()
-    try:
-        torch.set_num_threads(1)
+    with torch_threads(1):
         q2, i2 = ops.pq_assign(x, cb, False)
-    finally:
-        torch.set_num_threads(threads)
     assert torch.equal(i1, i2) and torch.equal(q1, q2)
     assert_assignment(x, cb, q2, i2)
 
@@ -115,12 +111,8 @@ def test_ema_stats_and_codebook_grad(dtype, index_dtype, N, S, d, K):
     grad = pqgan_kernels.pq_codebook_grad(x, idx, K, backend="cpu")
     torch.testing.assert_close(grad, reference.pq_codebook_grad(x, idx.long(), K), rtol=1e-5, atol=1e-5 * N)
     # deterministic: a fixed summation order, whatever the thread count
-    threads = torch.get_num_threads()
-    try:
-        torch.set_num_threads(1)
+    with torch_threads(1):
         counts1, sums1 = ops.pq_ema_stats(x, idx, K)
-    finally:
-        torch.set_num_threads(threads)
     assert torch.equal(counts1, counts) and torch.equal(sums1, sums)
 
 

@@ -189,24 +189,14 @@ std::tuple<at::Tensor, at::Tensor> pq_ema_stats_cpu(const at::Tensor& x_in, cons
                                                     int64_t num_codes) {
   check_scatter_args("pq_ema_stats", x_in, indices_in, num_codes);
   TORCH_CHECK_VALUE(x_in.device().is_cpu(), "pq_ema_stats (cpu): tensors must be on the CPU, got ", x_in.device());
-  const at::Tensor x = x_in.contiguous(), indices = indices_in.contiguous();
-  const int64_t S = indices.size(1), d = x.size(1) / S;
-  const auto opts = x.options().dtype(compute_dtype(x));
-  at::Tensor counts = at::zeros({S, num_codes}, opts);
-  at::Tensor sums = at::zeros({S, num_codes, d}, opts);
-  scatter_cpu(x, indices, sums, &counts);
-  return {counts, sums};
+  return scatter_outputs(x_in, indices_in, num_codes, true, scatter_cpu);
 }
 
 at::Tensor pq_codebook_grad_cpu(const at::Tensor& grad_in, const at::Tensor& indices_in, int64_t num_codes) {
   check_scatter_args("pq_codebook_grad", grad_in, indices_in, num_codes);
   TORCH_CHECK_VALUE(grad_in.device().is_cpu(), "pq_codebook_grad (cpu): tensors must be on the CPU, got ",
                     grad_in.device());
-  const at::Tensor grad = grad_in.contiguous(), indices = indices_in.contiguous();
-  const int64_t S = indices.size(1), d = grad.size(1) / S;
-  at::Tensor sums = at::zeros({S, num_codes, d}, grad.options().dtype(compute_dtype(grad)));
-  scatter_cpu(grad, indices, sums, nullptr);
-  return sums;
+  return std::get<1>(scatter_outputs(grad_in, indices_in, num_codes, false, scatter_cpu));
 }
 
 }  // namespace

@@ -234,24 +234,14 @@ std::tuple<at::Tensor, at::Tensor> pq_ema_stats_cuda(const at::Tensor& x_in, con
                                                      int64_t num_codes) {
   check_scatter_args("pq_ema_stats", x_in, indices_in, num_codes);
   TORCH_CHECK_VALUE(x_in.is_cuda(), "pq_ema_stats (cuda): tensors must be on a CUDA device, got ", x_in.device());
-  const at::Tensor x = x_in.contiguous(), indices = indices_in.contiguous();
-  const int64_t S = indices.size(1), d = x.size(1) / S;
-  const auto opts = x.options().dtype(compute_dtype(x));
-  at::Tensor counts = at::zeros({S, num_codes}, opts);
-  at::Tensor sums = at::zeros({S, num_codes, d}, opts);
-  scatter_cuda(x, indices, sums, &counts);
-  return {counts, sums};
+  return scatter_outputs(x_in, indices_in, num_codes, true, scatter_cuda);
 }
 
 at::Tensor pq_codebook_grad_cuda(const at::Tensor& grad_in, const at::Tensor& indices_in, int64_t num_codes) {
   check_scatter_args("pq_codebook_grad", grad_in, indices_in, num_codes);
   TORCH_CHECK_VALUE(grad_in.is_cuda(), "pq_codebook_grad (cuda): tensors must be on a CUDA device, got ",
                     grad_in.device());
-  const at::Tensor grad = grad_in.contiguous(), indices = indices_in.contiguous();
-  const int64_t S = indices.size(1), d = grad.size(1) / S;
-  at::Tensor sums = at::zeros({S, num_codes, d}, grad.options().dtype(compute_dtype(grad)));
-  scatter_cuda(grad, indices, sums, nullptr);
-  return sums;
+  return std::get<1>(scatter_outputs(grad_in, indices_in, num_codes, false, scatter_cuda));
 }
 
 }  // namespace
