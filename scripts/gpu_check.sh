@@ -5,9 +5,9 @@ set -euo pipefail
 export CUDA_HOME=${CUDA_HOME:-/usr/local/cuda} TORCH_CUDA_ARCH_LIST=9.0 MAX_JOBS=16 PYTHONUNBUFFERED=1
 OUT=${OUT:-gpu_out}; mkdir -p "$OUT"
 python3 -m pip install -q --no-build-isolation --no-deps --no-index -e . 2>&1 | tail -20
-python3 -m pytest -q -x -m gpu tests 2>&1 | tee "$OUT/pytest_gpu.txt"
+python3 -m pytest -q -m gpu tests 2>&1 | tee "$OUT/pytest_gpu.txt" || true   # keep going: the timings matter too
 # Triton targets (H100): F8 fwd <= 0.40 ms, S16-d16-K512 fwd <= 0.25 ms, S8-d32-K4096 <= 0.9 ms, EMA <= 0.15 ms.
-python3 - <<'PY' 2>&1 | tee "$OUT/triton_targets.txt"
+python3 - <<'PY' 2>&1 | tee "$OUT/triton_targets.txt" || true
 import torch, triton.testing as tt
 from pqgan_kernels import reference, triton_assign as ta, triton_ema as te
 for name, N, S, d, K in [("F8", 30720, 64, 2, 512), ("S16-d16-K512", 65536, 16, 16, 512),
