@@ -168,18 +168,8 @@ class PhotoCrops(torch.utils.data.Dataset):
         return len(self.images)
 
     def __getitem__(self, index: int) -> torch.Tensor:
-        from PIL import Image
-        from pqgan.data import to_tensor
-        image, r = self.images[index], self.resolution
-        w, h = image.size
-        if self.random:
-            left, top = int(torch.randint(w - r + 1, ())), int(torch.randint(h - r + 1, ()))
-        else:
-            left, top = (w - r) // 2, (h - r) // 2
-        image = image.crop((left, top, left + r, top + r))
-        if self.random and bool(torch.rand(()) < 0.5):
-            image = image.transpose(Image.FLIP_LEFT_RIGHT)
-        return to_tensor(image)
+        from pqgan.data import crop_square, to_tensor
+        return to_tensor(crop_square(self.images[index], self.resolution, self.random, self.random))
 
 
 # --- one run -------------------------------------------------------------------------------------------------------

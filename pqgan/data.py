@@ -89,6 +89,19 @@ def resize_shorter(image: Image.Image, size: int) -> Image.Image:
     return image if new == (w, h) else image.resize(new, Image.BICUBIC)
 
 
+def crop_square(image: Image.Image, size: int, random_crop: bool, flip: bool) -> Image.Image:
+    """A size x size crop (random, or centred) of a PIL image at least that large, flipped left-right with p=0.5."""
+    w, h = image.size
+    if random_crop:
+        left, top = int(torch.randint(w - size + 1, ())), int(torch.randint(h - size + 1, ()))
+    else:
+        left, top = (w - size) // 2, (h - size) // 2
+    image = image.crop((left, top, left + size, top + size))
+    if flip and bool(torch.rand(()) < 0.5):
+        image = image.transpose(Image.FLIP_LEFT_RIGHT)
+    return image
+
+
 class ImageFolder(Dataset):
     """Images under ``root`` (recursive; jpg/jpeg/png/webp), or an explicit list of files.
 
@@ -126,16 +139,7 @@ class ImageFolder(Dataset):
 
     def __getitem__(self, index: int) -> torch.Tensor:
         image = resize_shorter(load_image(self.files[index]), self.resolution)
-        w, h = image.size
-        r = self.resolution
-        if self.random_crop:
-            left, top = int(torch.randint(w - r + 1, ())), int(torch.randint(h - r + 1, ()))
-        else:
-            left, top = (w - r) // 2, (h - r) // 2
-        image = image.crop((left, top, left + r, top + r))
-        if self.flip and bool(torch.rand(()) < 0.5):
-            image = image.transpose(Image.FLIP_LEFT_RIGHT)
-        return to_tensor(image)
+        return to_tensor(crop_square(image, self.resolution, self.random_crop, self.flip))
 
 
 def build_dataset(root: Optional[Union[str, os.PathLike]] = None, resolution: int = 256, split: str = "train",
