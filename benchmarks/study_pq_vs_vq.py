@@ -47,6 +47,7 @@ from pqgan.data import list_images  # noqa: E402
 from pqgan.losses import PQGANLoss  # noqa: E402
 from pqgan.metrics import MetricAccumulator, to_unit  # noqa: E402
 from pqgan.model import PQGAN  # noqa: E402
+from pqgan.packing import bits_per_code  # noqa: E402
 
 BSDS = Path("/work/shared/data/train/bsds500")
 DEFAULT_OUT = ROOT / "benchmarks" / "results" / "study"
@@ -272,7 +273,7 @@ def run_one(name: str, entry: Dict[str, Any], budget: Dict[str, Any], train_set,
     metrics = evaluate_run(model, crit, eval_set, device)
     record = {
         "name": name, "kind": spec.kind, "groups": entry["groups"], "D": spec.D, "S": spec.S, "d": spec.d,
-        "K": spec.K, "bits_per_position": spec.S * math.ceil(math.log2(spec.K)) if spec.K > 1 else 0,
+        "K": spec.K, "bits_per_position": spec.S * bits_per_code(spec.K),
         "budget": {k: budget[k] for k in BUDGET_KEYS}, "gan": False,
         "num_train_images": len(train_set), "params": model.num_parameters(),
         "quantizer_params": model.num_parameters("quantizer"), "device": str(device), "machine": machine_info(),

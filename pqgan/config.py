@@ -16,9 +16,10 @@ from typing import Any, Optional, Union
 
 import yaml
 
+from pqgan_kernels.reference import DISTANCES
+
 CONFIG_DIR = Path(__file__).resolve().parent / "configs"
 
-DISTANCES = ("l2", "cosine")
 PERCEPTUAL = ("auto", "lpips", "stlpips", "none")
 DISC_LOSSES = ("hinge", "vanilla")
 

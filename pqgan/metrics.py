@@ -21,6 +21,7 @@ import torch.nn.functional as F
 
 from .image_checks import check_image_pair
 from .packing import bits_per_code
+from .quantizer import code_usage
 
 
 def to_unit(img: torch.Tensor) -> torch.Tensor:
@@ -207,10 +208,7 @@ def code_histogram(indices: torch.Tensor, codebook_size: int) -> torch.Tensor:
 
 def usage_and_perplexity(counts: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """(S, K) counts -> per-subspace fraction of codes used and perplexity exp(entropy), each (S,) float64."""
-    counts = counts.double()
-    probs = counts / counts.sum(-1, keepdim=True).clamp_min(1)
-    entropy = -(probs * torch.log(probs.clamp_min(1e-300))).sum(-1)
-    return (counts > 0).double().mean(-1), entropy.exp()
+    return code_usage(counts.double())
 
 
 def bits_per_image(height: int, width: int, num_subspaces: int, codebook_size: int) -> int:

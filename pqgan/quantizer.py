@@ -57,6 +57,16 @@ class _StraightThrough(torch.autograd.Function):
         return grad, None
 
 
+def code_usage(counts: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(S, K) code counts -> (usage, perplexity), each (S,) in counts' float dtype.
+
+    usage: fraction of the K codes used at least once; perplexity: exp(entropy) of the code histogram.
+    """
+    probs = counts / counts.sum(-1, keepdim=True).clamp_min(1)
+    entropy = -(probs * torch.log(probs.clamp_min(torch.finfo(probs.dtype).tiny))).sum(-1)
+    return (counts > 0).to(probs.dtype).mean(-1), entropy.exp()
+
+
 def _distributed() -> bool:
     return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
 
@@ -185,11 +195,9 @@ class ProductQuantizer(nn.Module):
 
     def _stats(self, counts: torch.Tensor) -> QuantizerStats:
         with torch.no_grad():
-            probs = counts / counts.sum(-1, keepdim=True)
-            entropy = -(probs * torch.log(probs.clamp_min(1e-12))).sum(-1)
-            usage = (counts > 0).float().mean(-1)
+            usage, perplexity = code_usage(counts)
             dead = (self.cluster_size < max(self.dead_code_threshold, 1e-3)).sum(-1).float()
-        return QuantizerStats(entropy.exp(), usage, dead)
+        return QuantizerStats(perplexity, usage, dead)
 
     @torch.no_grad()
     def _update_codebooks(self, rows: torch.Tensor, indices: torch.Tensor, counts: torch.Tensor) -> None:

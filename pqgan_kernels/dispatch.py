@@ -11,8 +11,9 @@ A backend is a small record of functions with the reference's semantics (see ``r
         codebooks is None when the op has none: ema_stats, codebook_grad)
 
 Backends register themselves with ``register_backend`` when their module is imported. Each module is loaded
-lazily, on the first call that needs that backend, so ``import pqgan_kernels`` never fails because triton, the compiled extension
-or a GPU is missing: such a backend is reported unavailable, with the reason, by ``backend_info()``.
+lazily, on the first call that needs that backend, so ``import pqgan_kernels`` never fails because triton, the
+compiled extension or a GPU is missing: such a backend is reported unavailable, with the reason, by
+``backend_info()``.
 
 Choice, in order of precedence: the ``backend=`` argument of a call; ``set_default_backend(name)``; the
 ``PQGAN_BACKEND`` environment variable; "auto". "auto" takes the first available backend that supports the inputs
