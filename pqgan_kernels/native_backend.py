@@ -15,12 +15,9 @@ import torch
 
 from . import cpu_large_d
 from .dispatch import Backend, mark_unavailable, register_backend
+from .reference import compute_dtype
 
 BUILD_INFO = None
-
-
-def _stats_dtype(t: torch.Tensor) -> torch.dtype:
-    return torch.float64 if t.dtype == torch.float64 else torch.float32
 
 
 def _register_fakes() -> None:
@@ -30,12 +27,12 @@ def _register_fakes() -> None:
 
     def stats_fake(x, indices, num_codes):
         S = indices.shape[1]
-        dtype = _stats_dtype(x)
+        dtype = compute_dtype(x)
         return (x.new_empty((S, num_codes), dtype=dtype), x.new_empty((S, num_codes, x.shape[1] // S), dtype=dtype))
 
     def grad_fake(grad, indices, num_codes):
         S = indices.shape[1]
-        return grad.new_empty((S, num_codes, grad.shape[1] // S), dtype=_stats_dtype(grad))
+        return grad.new_empty((S, num_codes, grad.shape[1] // S), dtype=compute_dtype(grad))
 
     for name, fn in (("pq_assign", assign_fake), ("pq_ema_stats", stats_fake), ("pq_codebook_grad", grad_fake)):
         try:

@@ -22,10 +22,6 @@ from . import reference, validate
 from .dispatch import get_backend, resolve_backend
 
 
-def _stats_dtype(t: torch.Tensor) -> torch.dtype:
-    return reference.compute_dtype(t)
-
-
 # --- pq_assign -------------------------------------------------------------------------------------------------
 
 @torch.library.custom_op("pqgan::pq_assign", mutates_args=())
@@ -76,7 +72,7 @@ def _pq_codebook_grad_op(grad_quantized: torch.Tensor, indices: torch.Tensor, nu
 def _(grad_quantized, indices, num_codes, backend):
     S = indices.shape[1]
     return grad_quantized.new_empty((S, num_codes, grad_quantized.shape[1] // S),
-                                    dtype=_stats_dtype(grad_quantized))
+                                    dtype=reference.compute_dtype(grad_quantized))
 
 
 def _codebook_grad_setup_context(ctx, inputs, output):
@@ -106,7 +102,7 @@ def _pq_ema_stats_op(x: torch.Tensor, indices: torch.Tensor, num_codes: int,
 @_pq_ema_stats_op.register_fake
 def _(x, indices, num_codes, backend):
     S = indices.shape[1]
-    dtype = _stats_dtype(x)
+    dtype = reference.compute_dtype(x)
     return (x.new_empty((S, num_codes), dtype=dtype),
             x.new_empty((S, num_codes, x.shape[1] // S), dtype=dtype))
 
