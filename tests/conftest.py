@@ -18,6 +18,17 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(skip)
 
 
+@pytest.fixture(autouse=True)
+def _seeded():
+    """Every test starts from the same torch / numpy / random state (this torch seeds each process differently)."""
+    import random
+
+    import numpy as np
+    torch.manual_seed(0)
+    np.random.seed(0)
+    random.seed(0)
+
+
 @pytest.fixture
 def one_thread():
     """Tiny convolutions run faster on one torch thread than on two contended ones (CI has 2 shared cores)."""

@@ -67,7 +67,8 @@ def test_assign_mixed_dtypes(x_dtype, cb_dtype):
                                      (40, 4, 1, 7)])
 def test_assign_cosine(dtype, N, S, d, K):
     x, cb = random_case(N, S, d, K, dtype=dtype, seed=3 * N + K)
-    cb = cb * torch.rand(S, K, 1).to(dtype) * 10  # codeword norms differ: l2 and cosine disagree
+    norms = torch.rand(S, K, 1, generator=torch.Generator().manual_seed(3 * N + K + 1))
+    cb = cb * norms.to(dtype) * 10  # codeword norms differ: l2 and cosine disagree
     x[0] = 0  # a zero row: similarity 0 to everything -> index 0
     q, idx = pqgan_kernels.pq_assign(x, cb, distance="cosine", backend="cpu")
     assert_assignment(x, cb, q, idx, distance="cosine")
