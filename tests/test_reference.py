@@ -87,6 +87,39 @@ def test_ema_update_hand_computed():
     assert torch.allclose(cb.flatten(), torch.tensor([2.0, 6.0], dtype=torch.float64) / cs.double())
 
 
+def test_ema_update_hand_computed_asymmetric_decay():
+    # decay 0.75 tells decay and 1 - decay apart; eps 0.1 makes the smoothing visible (codebooks move by > 0.05).
+    x = torch.tensor([[1.0], [3.0], [10.0]], dtype=torch.float64)
+    idx = torch.tensor([[0], [0], [1]])
+    cb = torch.zeros(1, 2, 1, dtype=torch.float64)
+    cluster = torch.tensor([[1.0, 1.0]], dtype=torch.float64)
+    embed = torch.tensor([[[0.0], [2.0]]], dtype=torch.float64)
+    reference.pq_ema_update(x, idx, cb, cluster, embed, 0.75, 0.1)
+    # cluster = 0.75*[1, 1] + 0.25*[2, 1] = [1.25, 1.0];  embed = 0.75*[0, 2] + 0.25*[4, 10] = [1.0, 4.0]
+    assert cluster.tolist() == [[1.25, 1.0]]
+    assert embed.flatten().tolist() == [1.0, 4.0]
+    n = 2.25
+    smoothed = [(1.25 + 0.1) / (n + 0.2) * n, (1.0 + 0.1) / (n + 0.2) * n]     # 1.2398, 1.0102
+    expected = [1.0 / smoothed[0], 4.0 / smoothed[1]]                          # 0.8066, 3.9596 (unsmoothed: 0.8, 4)
+    assert cb.flatten().tolist() == pytest.approx(expected, rel=1e-12, abs=0)
+
+
+def test_ema_apply_keeps_unused_codes_decaying():
+    # A code with no assignment keeps embed_sum / cluster_size, both shrunk by the same decay (codeword unchanged
+    # up to the smoothing), and the counts of other subspaces do not leak into it.
+    cb = torch.zeros(2, 2, 1, dtype=torch.float64)
+    cluster = torch.tensor([[2.0, 2.0], [2.0, 2.0]], dtype=torch.float64)
+    embed = torch.tensor([[[2.0], [4.0]], [[6.0], [8.0]]], dtype=torch.float64)
+    counts = torch.tensor([[4.0, 0.0], [0.0, 0.0]], dtype=torch.float64)
+    sums = torch.tensor([[[8.0], [0.0]], [[0.0], [0.0]]], dtype=torch.float64)
+    reference.pq_ema_apply_(cb, cluster, embed, counts, sums, 0.9, 1e-3)
+    assert cluster.flatten().tolist() == pytest.approx([2.2, 1.8, 1.8, 1.8], abs=1e-15)
+    assert embed.flatten().tolist() == pytest.approx([2.6, 3.6, 5.4, 7.2], abs=1e-15)
+    n0, n1 = 4.0, 3.6
+    s = [(2.2 + 1e-3) / (n0 + 2e-3) * n0, (1.8 + 1e-3) / (n0 + 2e-3) * n0, (1.8 + 1e-3) / (n1 + 2e-3) * n1]
+    assert cb.flatten().tolist() == pytest.approx([2.6 / s[0], 3.6 / s[1], 5.4 / s[2], 7.2 / s[2]], rel=1e-12)
+
+
 def test_ema_stats_counts_and_sums():
     x, cb = random_case(64, 4, 3, 7, dtype=torch.float64)
     _, idx = reference.pq_assign(x, cb)
