@@ -55,7 +55,8 @@ setup(
         "bench": ["matplotlib"],
         "diffusion": ["diffusers"],
     },
-    entry_points={"console_scripts": ["pqgan-train=pqgan.train:main", "pqgan-eval=pqgan.evaluate:main"]},
+    entry_points={"console_scripts": ["pqgan-train=pqgan.train:main", "pqgan-eval=pqgan.evaluate:main",
+                                    "pqgan-convert=pqgan.official:main"]},
     ext_modules=[extension()],
     cmdclass={"build_ext": BuildExtension},
 )

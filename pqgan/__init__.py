@@ -4,7 +4,8 @@ from .quantizer import ProductQuantizer, QuantizerOutput, QuantizerStats
 from .config import Config, LossConfig, ModelConfig, TrainConfig, apply_overrides, load_config
 from .model import PQGAN
 from .checkpoint import load_pretrained
+from .official import load_official
 
 __all__ = ["ProductQuantizer", "QuantizerOutput", "QuantizerStats", "bits_per_code", "pack_indices",
            "unpack_indices", "Config", "LossConfig", "ModelConfig", "TrainConfig", "apply_overrides",
-           "load_config", "PQGAN", "load_pretrained"]
+           "load_config", "PQGAN", "load_pretrained", "load_official"]

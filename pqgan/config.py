@@ -22,6 +22,11 @@ CONFIG_DIR = Path(__file__).resolve().parent / "configs"
 
 PERCEPTUAL = ("auto", "lpips", "stlpips", "none")
 DISC_LOSSES = ("hinge", "vanilla")
+PREPROCESS = ("crop", "resize")
+CODEBOOK_INITS = ("normal", "uniform")
+# torchvision's ImageNet statistics: the official PQGAN code feeds its networks (x - mean) / std of [0, 1] images.
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
 @dataclass
@@ -31,6 +36,10 @@ class ModelConfig:
     embed_dim is D, num_subspaces is S (d = D / S), codebook_size is K. attn_resolutions lists the feature-map
     sides (in pixels of the feature map) at which an attention block follows each ResnetBlock.
     ema_decay=None trains the codebooks by gradient (the paper); a float switches to EMA updates.
+    codebook_init: "normal" (N(0, 1), the paper's PQ) or "uniform" (U(-1/K, 1/K), taming's VQ init).
+    norm_mean / norm_std (in_channels entries each, or null): the networks see (x01 - mean) / std of the [0, 1]
+    image and produce that space, while ``PQGAN`` still takes and returns [-1, 1] images; the official PQGAN
+    weights need ImageNet's statistics (``IMAGENET_MEAN`` / ``IMAGENET_STD``).
     """
     resolution: int = 256
     in_channels: int = 3
@@ -50,11 +59,27 @@ class ModelConfig:
     codebook_weight: float = 0.25
     kmeans_init: bool = False
     dead_code_threshold: float = 0.0
+    codebook_init: str = "normal"
     distance: str = "l2"
     backend: str = "auto"
+    norm_mean: Optional[tuple[float, ...]] = None
+    norm_std: Optional[tuple[float, ...]] = None
 
     def __post_init__(self) -> None:
         self.ch_mult = tuple(int(m) for m in self.ch_mult)
+        if (self.norm_mean is None) != (self.norm_std is None):
+            raise ValueError("model.norm_mean and model.norm_std must be given together (or both null)")
+        if self.norm_mean is not None:
+            self.norm_mean = tuple(float(m) for m in self.norm_mean)
+            self.norm_std = tuple(float(s) for s in self.norm_std)
+            if len(self.norm_mean) != self.in_channels or len(self.norm_std) != self.in_channels \
+                    or self.in_channels != self.out_channels:
+                raise ValueError(f"model.norm_mean / model.norm_std need in_channels == out_channels == "
+                                 f"{self.in_channels} entries each, got {self.norm_mean} and {self.norm_std}")
+            if min(self.norm_std) <= 0:
+                raise ValueError(f"model.norm_std entries must be > 0, got {self.norm_std}")
+        if self.codebook_init not in CODEBOOK_INITS:
+            raise ValueError(f"model.codebook_init must be one of {CODEBOOK_INITS}, got {self.codebook_init!r}")
         self.attn_resolutions = tuple(int(r) for r in self.attn_resolutions)
         for name in ("resolution", "in_channels", "out_channels", "ch", "z_channels", "embed_dim",
                      "num_subspaces", "codebook_size"):
@@ -98,6 +123,8 @@ class LossConfig:
     perceptual_net: its trunk, "vgg" (as in VQGAN) or "alex".
     disc_start: first training step at which the GAN terms are on. disc_norm: "batch" or "act" (ActNorm).
     disc_factor: multiplies the GAN terms once they are on.
+    on_normalized: compute every term (L1, perceptual, discriminator) on the model's normalised images
+    ((x01 - model.norm_mean) / model.norm_std) instead of [-1, 1] ones, as the official PQGAN code does.
     """
     l1_weight: float = 1.0
     perceptual_weight: float = 1.0
@@ -112,6 +139,7 @@ class LossConfig:
     disc_factor: float = 1.0
     adaptive_weight_max: float = 1e4
     codebook_loss_weight: float = 1.0
+    on_normalized: bool = False
 
     def __post_init__(self) -> None:
         if self.perceptual not in PERCEPTUAL:
@@ -131,7 +159,12 @@ class LossConfig:
 
 @dataclass
 class TrainConfig:
-    """Optimisation and logging. lr=None means base_lr * batch_size (taming's scaling, base_lr 4.5e-6)."""
+    """Optimisation and logging. lr=None means base_lr * batch_size (taming's scaling, base_lr 4.5e-6); a number is
+    used as is (the official PQGAN recipe: 4.5e-6 flat).
+
+    preprocess: "crop" (resize the shorter side to resolution, random square crop, random horizontal flip) or
+    "resize" (the whole image resized to resolution x resolution, no crop, no flip: the official PQGAN loader).
+    """
     batch_size: int = 8
     lr: Optional[float] = None
     base_lr: float = 4.5e-6
@@ -147,8 +180,11 @@ class TrainConfig:
     bf16: bool = False
     data_root: Optional[str] = None
     val_fraction: float = 0.1
+    preprocess: str = "crop"
 
     def __post_init__(self) -> None:
+        if self.preprocess not in PREPROCESS:
+            raise ValueError(f"train.preprocess must be one of {PREPROCESS}, got {self.preprocess!r}")
         self.betas = tuple(float(b) for b in self.betas)
         if len(self.betas) != 2:
             raise ValueError(f"train.betas must have 2 entries, got {self.betas}")
@@ -312,4 +348,4 @@ def apply_overrides(config: Config, overrides: list[str]) -> Config:
 
 
 __all__ = ["Config", "ModelConfig", "LossConfig", "TrainConfig", "load_config", "save_config", "apply_overrides",
-           "available_configs", "config_path", "CONFIG_DIR"]
+           "available_configs", "config_path", "CONFIG_DIR", "IMAGENET_MEAN", "IMAGENET_STD"]

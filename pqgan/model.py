@@ -13,6 +13,10 @@ Latent interface for diffusion models (``pqgan/latents.py``): encode_latents(img
 decode_latents(z) -> images from re-quantised z, fit_scaling_factor(data); ``scaling_factor`` is a buffer.
 
 VQ (S = 1) and scalar quantisation (d = D / S = 1) are the same class with other config numbers.
+
+With ``model.norm_mean`` / ``model.norm_std`` set (the official PQGAN weights: ImageNet statistics), the networks
+work on normalised images n = (x01 - mean) / std; ``PQGAN`` still takes and returns [-1, 1] images
+(``to_network`` / ``from_network`` convert). Every method works in float32 and float64 (``model.double()``).
 """
 from __future__ import annotations
 
@@ -53,9 +57,34 @@ class PQGAN(LatentInterface, nn.Module):
         self.quantizer = ProductQuantizer(c.embed_dim, c.num_subspaces, c.codebook_size, ema_decay=c.ema_decay,
                                           commitment_weight=c.commitment_weight, codebook_weight=c.codebook_weight,
                                           distance=c.distance, kmeans_init=c.kmeans_init,
-                                          dead_code_threshold=c.dead_code_threshold, backend=c.backend)
+                                          dead_code_threshold=c.dead_code_threshold, backend=c.backend,
+                                          codebook_init=c.codebook_init)
         # Latent-diffusion scale (see pqgan/latents.py): 1 / std of the quantised latents once fitted.
         self.register_buffer("scaling_factor", torch.ones((), dtype=torch.float32))
+        # Image normalisation the networks were trained with (identity for [-1, 1] models); not saved: config.
+        mean = c.norm_mean if c.norm_mean is not None else (0.5,) * c.in_channels
+        std = c.norm_std if c.norm_std is not None else (0.5,) * c.in_channels
+        self.register_buffer("norm_mean", torch.tensor(mean).view(1, -1, 1, 1), persistent=False)
+        self.register_buffer("norm_std", torch.tensor(std).view(1, -1, 1, 1), persistent=False)
+
+    @property
+    def normalizes(self) -> bool:
+        """True when the networks see mean/std-normalised images rather than [-1, 1] ones."""
+        return self.config.norm_mean is not None
+
+    def to_network(self, img: torch.Tensor) -> torch.Tensor:
+        """[-1, 1] images (B, C, H, W) -> what the encoder takes: (x01 - norm_mean) / norm_std, or img itself."""
+        if not self.normalizes:
+            return img
+        mean, std = self.norm_mean.to(img.dtype), self.norm_std.to(img.dtype)
+        return ((img + 1) / 2 - mean) / std
+
+    def from_network(self, out: torch.Tensor) -> torch.Tensor:
+        """Inverse of ``to_network``: decoder outputs (B, C, H, W) -> [-1, 1] images (not clamped)."""
+        if not self.normalizes:
+            return out
+        mean, std = self.norm_mean.to(out.dtype), self.norm_std.to(out.dtype)
+        return (out * std + mean) * 2 - 1
 
     @classmethod
     def from_config(cls, config: Union[ModelConfig, Config, dict[str, Any], str]) -> "PQGAN":
@@ -89,21 +118,25 @@ class PQGAN(LatentInterface, nn.Module):
     def encode_to_latent(self, img: torch.Tensor) -> torch.Tensor:
         """(B, C, H, W) in [-1, 1] -> continuous pre-quantisation latents (B, D, H/F, W/F)."""
         self._check_image(img)
-        return self.quant_conv(self.encoder(img))
+        return self.quant_conv(self.encoder(self.to_network(img)))
+
+    def _quant_dtype(self, z: torch.Tensor) -> torch.dtype:
+        """float64 for a float64 model/latent, else float32 (half-precision latents are upcast)."""
+        return torch.float64 if z.dtype == torch.float64 else torch.float32
 
     def quantize(self, z: torch.Tensor) -> QuantizerOutput:
-        """Quantise (B, D, h, w) latents in float32 (outside any autocast region)."""
+        """Quantise (B, D, h, w) latents in float32, or float64 for float64 latents (outside any autocast)."""
         kind = z.device.type
         autocast_on = torch.amp.is_autocast_available(kind) and torch.is_autocast_enabled(kind)
         ctx = torch.autocast(kind, enabled=False) if autocast_on else contextlib.nullcontext()
         with ctx:
-            return self.quantizer(z.float())
+            return self.quantizer(z.to(self._quant_dtype(z)))
 
     def decode_latent(self, zq: torch.Tensor) -> torch.Tensor:
         """(B, D, h, w) quantised latents -> (B, C, h*F, w*F) images."""
         if zq.dim() != 4 or zq.shape[1] != self.config.embed_dim:
             raise ValueError(f"latents must be (B, {self.config.embed_dim}, h, w), got shape {tuple(zq.shape)}")
-        return self.decoder(self.post_quant_conv(zq))
+        return self.from_network(self.decoder(self.post_quant_conv(zq.to(self.post_quant_conv.weight.dtype))))
 
     def forward(self, img: torch.Tensor) -> tuple[torch.Tensor, QuantizerOutput]:
         q = self.quantize(self.encode_to_latent(img))
@@ -113,7 +146,7 @@ class PQGAN(LatentInterface, nn.Module):
     def encode(self, img: torch.Tensor) -> torch.Tensor:
         """(B, C, H, W) -> indices (B, H/F, W/F, S) int64."""
         z = self.encode_to_latent(img)
-        return self.quantizer.encode(z.float())
+        return self.quantizer.encode(z.to(self._quant_dtype(z)))
 
     def decode_indices(self, indices: torch.Tensor) -> torch.Tensor:
         """Indices (B, h, w, S) -> images (B, C, h*F, w*F)."""

@@ -28,7 +28,8 @@ class QuantizerStats(NamedTuple):
 
     perplexity: exp(entropy) of this batch's code histogram (1 = one code used, K = uniform use).
     usage:      fraction of the K codes used at least once in this batch.
-    dead_codes: codes whose running (EMA) usage is below ``dead_code_threshold`` (or below 1e-3 when it is 0).
+    dead_codes: codes whose running usage (bias-corrected EMA of assignments per batch, see
+                ``ProductQuantizer.running_usage``) is below ``dead_code_threshold`` (or below 1e-3 when it is 0).
     """
     perplexity: torch.Tensor
     usage: torch.Tensor
@@ -67,6 +68,9 @@ def code_usage(counts: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return (counts > 0).to(probs.dtype).mean(-1), entropy.exp()
 
 
+_OLD_CHECKPOINT_STEPS = 1_000_000  # usage_steps assumed for checkpoints that predate it (bias 0.99**1e6 = 0)
+
+
 def _distributed() -> bool:
     return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
 
@@ -84,8 +88,9 @@ class ProductQuantizer(nn.Module):
         codebook_weight: weight of ||sg(z) - q||^2 (only when ema_decay is None).
         distance: "l2" or "cosine".
         kmeans_init: initialise each codebook with k-means++ on the first training batch.
-        dead_code_threshold: codes whose EMA usage (assignments per batch) falls below it are re-seeded from
-            random inputs of the current batch (0 disables).
+        dead_code_threshold: codes whose running usage (assignments per batch, bias-corrected EMA) falls below it
+            are re-seeded from random inputs of the current batch (0 disables); from the first training step on.
+        codebook_init: "normal" (N(0, 1)) or "uniform" (U(-1/K, 1/K), taming's VQ init).
         channel_last: inputs are (..., dim) instead of (B, dim, *spatial).
         backend: kernel backend, "auto", "reference", "triton", "cuda" or "cpu".
         eps: Laplace smoothing of the EMA update.
@@ -94,7 +99,7 @@ class ProductQuantizer(nn.Module):
     def __init__(self, dim: int, num_subspaces: int, codebook_size: int, *, ema_decay: Optional[float] = 0.99,
                  commitment_weight: float = 0.25, codebook_weight: float = 1.0, distance: str = "l2",
                  kmeans_init: bool = False, dead_code_threshold: float = 0.0, channel_last: bool = False,
-                 backend: str = "auto", eps: float = 1e-5):
+                 backend: str = "auto", eps: float = 1e-5, codebook_init: str = "normal"):
         super().__init__()
         if dim < 1 or num_subspaces < 1 or codebook_size < 1:
             raise ValueError(f"dim, num_subspaces and codebook_size must be >= 1, "
@@ -114,8 +119,13 @@ class ProductQuantizer(nn.Module):
         self.distance, self.kmeans_init, self.dead_code_threshold = distance, kmeans_init, dead_code_threshold
         self.channel_last, self.backend, self.eps = channel_last, backend, eps
 
+        if codebook_init not in ("normal", "uniform"):
+            raise ValueError(f"codebook_init must be 'normal' or 'uniform', got {codebook_init!r}")
         shape = (num_subspaces, codebook_size, self.subspace_dim)
-        init = torch.randn(shape)
+        if codebook_init == "uniform":
+            init = torch.empty(shape).uniform_(-1.0 / codebook_size, 1.0 / codebook_size)
+        else:
+            init = torch.randn(shape)
         if self.use_ema:
             self.register_buffer("codebooks", init)
             self.register_buffer("embed_sum", init.clone())
@@ -124,7 +134,27 @@ class ProductQuantizer(nn.Module):
         # EMA of per-batch assignment counts; drives the EMA update, dead-code detection and stats in both modes.
         self.register_buffer("cluster_size", torch.ones(num_subspaces, codebook_size))
         self.register_buffer("initted", torch.tensor(not kmeans_init))
+        # Training steps folded into cluster_size (which starts at 1): running_usage() removes that start's bias.
+        self.register_buffer("usage_steps", torch.zeros((), dtype=torch.int64))
 
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        # Checkpoints written before usage_steps existed: their cluster_size has long forgotten its start.
+        state_dict.setdefault(prefix + "usage_steps", torch.tensor(_OLD_CHECKPOINT_STEPS, dtype=torch.int64))
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
+    @property
+    def usage_decay(self) -> float:
+        """Decay of the running usage ``cluster_size``: ema_decay, or 0.99 when codebooks train by gradient."""
+        return self.ema_decay if self.use_ema else 0.99
+
+    def running_usage(self) -> torch.Tensor:
+        """(S, K) bias-corrected running usage (assignments per batch): (cluster_size - decay^t) / (1 - decay^t)
+        after t training steps, so that it is exactly this batch's counts at t = 1 and does not carry the start
+        value 1 for hundreds of steps; cluster_size itself before the first step."""
+        t = self.usage_steps.to(self.cluster_size.dtype)
+        bias = torch.pow(torch.full_like(t, self.usage_decay), t)
+        corrected = (self.cluster_size - bias) / (1 - bias).clamp_min(1e-12)
+        return torch.where(t > 0, corrected, self.cluster_size)
     @property
     def use_ema(self) -> bool:
         return self.ema_decay is not None
@@ -196,13 +226,14 @@ class ProductQuantizer(nn.Module):
     def _stats(self, counts: torch.Tensor) -> QuantizerStats:
         with torch.no_grad():
             usage, perplexity = code_usage(counts)
-            dead = (self.cluster_size < max(self.dead_code_threshold, 1e-3)).sum(-1).float()
+            dead = (self.running_usage() < max(self.dead_code_threshold, 1e-3)).sum(-1).float()
         return QuantizerStats(perplexity, usage, dead)
 
     @torch.no_grad()
     def _update_codebooks(self, rows: torch.Tensor, indices: torch.Tensor, counts: torch.Tensor) -> None:
         """EMA codebook step (EMA mode) or usage tracking (gradient mode), then dead-code re-seeding."""
-        decay = self.ema_decay if self.use_ema else 0.99
+        decay = self.usage_decay
+        self.usage_steps.add_(1)
         if self.use_ema and not _distributed():
             pqgan_kernels.pq_ema_update(rows, indices, self.codebooks, self.cluster_size, self.embed_sum,
                                         decay, self.eps, backend=self.backend)
@@ -224,15 +255,18 @@ class ProductQuantizer(nn.Module):
     def _reseed_dead_codes(self, rows: torch.Tensor) -> None:
         """Replace codes with EMA usage < threshold by random current inputs, all subspaces at once, no host sync."""
         S, K, d = self.codebooks.shape
-        dead = (self.cluster_size < self.dead_code_threshold).unsqueeze(-1)  # (S, K, 1)
+        dead = (self.running_usage() < self.dead_code_threshold).unsqueeze(-1)  # (S, K, 1)
         picks = torch.randint(rows.shape[0], (S, K), device=rows.device)
         fresh = rows.reshape(-1, S, d)[picks, torch.arange(S, device=rows.device)[:, None]]  # (S, K, d)
         fresh = fresh.to(self.codebooks.dtype)
         if _distributed():
             dist.broadcast(fresh, src=0)
         self.codebooks.data.copy_(torch.where(dead, fresh, self.codebooks))
-        self.cluster_size.copy_(torch.where(dead.squeeze(-1), torch.full_like(self.cluster_size,
-                                                                               self.dead_code_threshold),
+        # the raw cluster_size whose running_usage() is exactly the threshold
+        bias = torch.pow(torch.full_like(self.cluster_size[0, 0], self.usage_decay),
+                         self.usage_steps.to(self.cluster_size.dtype))
+        restart = self.dead_code_threshold * (1 - bias) + bias
+        self.cluster_size.copy_(torch.where(dead.squeeze(-1), restart.expand_as(self.cluster_size),
                                             self.cluster_size))
         if self.use_ema:
             self.embed_sum.copy_(torch.where(dead, fresh * self.cluster_size.unsqueeze(-1), self.embed_sum))
