@@ -5,6 +5,7 @@ Each item is a float32 tensor (3, resolution, resolution) in [-1, 1].
     ds = ImageFolder("/path/to/photos", 256, split="train")   # resize shorter side, random crop, random flip
     val = ImageFolder("/path/to/photos", 256, split="val")    # resize shorter side, center crop
     ds = build_dataset(None, 64)                              # scikit-image's bundled sample photographs
+    ds = ImageFolder("/path", 256, resize_to=(256, 256))      # whole image resized, no crop/flip (official PQGAN)
 
 The train/val split is a seeded permutation of the sorted file list (``val_fraction`` of the files, at least one
 when there are two or more), so it is deterministic and the two splits are disjoint.
@@ -89,6 +90,13 @@ def resize_shorter(image: Image.Image, size: int) -> Image.Image:
     return image if new == (w, h) else image.resize(new, Image.BICUBIC)
 
 
+def resize_exact(image: Image.Image, size: tuple[int, int]) -> Image.Image:
+    """The whole image resized to (height, width), aspect ratio not kept; bilinear with antialiasing like
+    torchvision's ``Resize((h, w))`` on PIL images (the official PQGAN loader)."""
+    h, w = size
+    return image if image.size == (w, h) else image.resize((w, h), Image.BILINEAR)
+
+
 def crop_square(image: Image.Image, size: int, random_crop: bool, flip: bool) -> Image.Image:
     """A size x size crop (random, or centred) of a PIL image at least that large, flipped left-right with p=0.5."""
     w, h = image.size
@@ -111,11 +119,12 @@ class ImageFolder(Dataset):
         split: "train", "val" or "all" (see ``split_files``).
         random_crop, flip: augmentations for "train" and "all" (random crop after resizing the shorter side to R;
             horizontal flip with p=0.5), drawn from torch's RNG. "val" always uses a center crop and no flip.
+        resize_to: (height, width): resize the whole image to it instead (no crop, no flip whatever the split).
     """
 
     def __init__(self, root: Union[str, os.PathLike, Sequence[Union[str, os.PathLike]]], resolution: int,
                  split: str = "train", val_fraction: float = 0.1, seed: int = 0, random_crop: bool = True,
-                 flip: bool = True):
+                 flip: bool = True, resize_to: Optional[tuple[int, int]] = None):
         if not isinstance(resolution, int) or resolution < 1:
             raise ValueError(f"resolution must be a positive int, got {resolution!r}")
         if isinstance(root, (str, os.PathLike)):
@@ -131,13 +140,18 @@ class ImageFolder(Dataset):
         if not self.files:
             raise ValueError(f"no images for split {split!r} in {where}")
         self.resolution, self.split = resolution, split
-        self.random_crop = random_crop and split != "val"
-        self.flip = flip and split != "val"
+        self.resize_to = None if resize_to is None else (int(resize_to[0]), int(resize_to[1]))
+        if self.resize_to is not None and min(self.resize_to) < 1:
+            raise ValueError(f"resize_to must be two positive ints, got {resize_to!r}")
+        self.random_crop = random_crop and split != "val" and self.resize_to is None
+        self.flip = flip and split != "val" and self.resize_to is None
 
     def __len__(self) -> int:
         return len(self.files)
 
     def __getitem__(self, index: int) -> torch.Tensor:
+        if self.resize_to is not None:
+            return to_tensor(resize_exact(load_image(self.files[index]), self.resize_to))
         image = resize_shorter(load_image(self.files[index]), self.resolution)
         return to_tensor(crop_square(image, self.resolution, self.random_crop, self.flip))
 
