@@ -37,33 +37,98 @@ def test_straight_through_gradient_is_identity():
     assert torch.equal(z.grad, g)
 
 
-def test_losses_and_gradient_trained_codebooks():
-    pq = ProductQuantizer(8, 4, 6, ema_decay=None, commitment_weight=1.0, codebook_weight=0.25)
-    assert isinstance(pq.codebooks, torch.nn.Parameter)
-    z = torch.randn(2, 8, 3, 3)
+def _rows(z):
+    """(B, D, H, W) -> (N, D) in the layer's row order."""
+    return z.movedim(1, -1).reshape(-1, z.shape[1])
+
+
+def _hand_codebook_grad(rows, q, idx, S, K, d, weight):
+    """d/d codebooks of weight * mean((q - sg(rows))^2), by a loop over rows and subspaces."""
+    grad = torch.zeros(S, K, d, dtype=torch.float64)
+    scale = 2.0 * weight / rows.numel()
+    for n in range(rows.shape[0]):
+        for s in range(S):
+            grad[s, idx[n, s]] += scale * (q[n, s * d:(s + 1) * d] - rows[n, s * d:(s + 1) * d]).double()
+    return grad
+
+
+def test_gradient_mode_loss_terms_and_gradients():
+    """Codebooks trained by gradient: loss = c_w ||z - sg(q)||^2 + b_w ||sg(z) - q||^2 (means); the commitment
+    term alone reaches z (on top of the straight-through path), the codebook term alone reaches the codebooks."""
+    S, K, d = 4, 6, 2
+    pq = ProductQuantizer(S * d, S, K, ema_decay=None, commitment_weight=0.3, codebook_weight=0.7)
+    assert isinstance(pq.codebooks, torch.nn.Parameter) and not hasattr(pq, "embed_sum")
+    z = torch.randn(2, S * d, 3, 3, requires_grad=True)
     out = pq(z)
-    rows = z.movedim(1, -1).reshape(-1, 8)
-    q, _ = reference.pq_assign(rows, pq.codebooks.detach())
+    rows = _rows(z.detach())
+    q, idx = reference.pq_assign(rows, pq.codebooks.detach())
     mse = (rows - q).square().mean()
-    assert torch.allclose(out.loss, 1.25 * mse, rtol=1e-5)
+    torch.testing.assert_close(out.loss, (0.3 + 0.7) * mse, rtol=1e-6, atol=0)
     out.loss.backward()
-    assert pq.codebooks.grad is not None and pq.codebooks.grad.abs().sum() > 0
+    expected_z = (0.3 * 2.0 * (rows - q) / rows.numel()).reshape(2, 3, 3, S * d).movedim(-1, 1)
+    torch.testing.assert_close(z.grad, expected_z, rtol=1e-5, atol=1e-9)
+    expected_cb = _hand_codebook_grad(rows, q, idx, S, K, d, 0.7)
+    torch.testing.assert_close(pq.codebooks.grad.double(), expected_cb, rtol=1e-5, atol=1e-9)
+    assert pq.codebooks.grad.abs().sum() > 0
 
 
-def test_ema_mode_updates_only_in_training_and_matches_reference():
-    pq = ProductQuantizer(8, 2, 5, ema_decay=0.9)
-    assert not isinstance(pq.codebooks, torch.nn.Parameter)
-    z = torch.randn(4, 8, 2, 2)
-    before = pq.codebooks.clone()
+def test_ema_mode_loss_is_the_commitment_term_only():
+    S, K, d = 2, 5, 4
+    pq = ProductQuantizer(S * d, S, K, ema_decay=0.9, commitment_weight=0.3, codebook_weight=0.7).eval()
+    assert not isinstance(pq.codebooks, torch.nn.Parameter) and not pq.codebooks.requires_grad
+    z = torch.randn(3, S * d, 2, 2, requires_grad=True)
+    out = pq(z)
+    rows = _rows(z.detach())
+    q, _ = reference.pq_assign(rows, pq.codebooks)
+    torch.testing.assert_close(out.loss, 0.3 * (rows - q).square().mean(), rtol=1e-6, atol=0)
+    assert out.loss.grad_fn is not None
+    out.loss.backward()
+    expected_z = (0.3 * 2.0 * (rows - q) / rows.numel()).reshape(3, 2, 2, S * d).movedim(-1, 1)
+    torch.testing.assert_close(z.grad, expected_z, rtol=1e-5, atol=1e-9)
+
+
+def _hand_ema(rows, idx, codebooks, cluster_size, embed_sum, decay, eps):
+    """The Laplace-smoothed EMA step written out with loops (float64)."""
+    S, K, d = codebooks.shape
+    counts = torch.zeros(S, K, dtype=torch.float64)
+    sums = torch.zeros(S, K, d, dtype=torch.float64)
+    for n in range(rows.shape[0]):
+        for s in range(S):
+            counts[s, idx[n, s]] += 1
+            sums[s, idx[n, s]] += rows[n, s * d:(s + 1) * d].double()
+    cs = decay * cluster_size.double() + (1 - decay) * counts
+    es = decay * embed_sum.double() + (1 - decay) * sums
+    n = cs.sum(-1, keepdim=True)
+    smoothed = (cs + eps) / (n + K * eps) * n
+    return es / smoothed.unsqueeze(-1), cs, es
+
+
+def test_ema_mode_updates_only_in_training_and_matches_the_formula():
+    S, K, d = 2, 5, 4
+    pq = ProductQuantizer(S * d, S, K, ema_decay=0.8, eps=0.05)
+    z = torch.randn(4, S * d, 2, 2)
+    before = [t.clone() for t in (pq.codebooks, pq.cluster_size, pq.embed_sum)]
     pq.eval()(z)
-    assert torch.equal(pq.codebooks, before)
-    state = [t.clone() for t in (pq.codebooks, pq.cluster_size, pq.embed_sum)]
+    assert all(torch.equal(a, b) for a, b in zip(before, (pq.codebooks, pq.cluster_size, pq.embed_sum)))
     out = pq.train()(z)
-    rows = z.movedim(1, -1).reshape(-1, 8)
-    reference.pq_ema_update(rows, out.indices.reshape(-1, 2), *state, 0.9, pq.eps)
-    assert torch.allclose(pq.codebooks, state[0], atol=1e-6)
-    assert torch.allclose(pq.cluster_size, state[1]) and torch.allclose(pq.embed_sum, state[2], atol=1e-6)
-    assert out.loss.requires_grad is False or out.loss.grad_fn is not None
+    rows = _rows(z)
+    _, idx = reference.pq_assign(rows, before[0])
+    assert torch.equal(out.indices.reshape(-1, S), idx)        # assigned with the codebooks before the update
+    cb, cs, es = _hand_ema(rows, idx, *before, decay=0.8, eps=0.05)
+    torch.testing.assert_close(pq.cluster_size.double(), cs, rtol=1e-6, atol=1e-7)
+    torch.testing.assert_close(pq.embed_sum.double(), es, rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(pq.codebooks.double(), cb, rtol=1e-5, atol=1e-6)
+
+
+def test_gradient_mode_tracks_usage_with_decay_099():
+    S, K = 3, 4
+    pq = ProductQuantizer(S, S, K, ema_decay=None)
+    with torch.no_grad():
+        pq.codebooks.copy_(torch.tensor([0.0, 10.0, 20.0, 30.0]).view(1, K, 1).expand(S, K, 1))
+    z = torch.tensor([[0.1, 9.0, 31.0], [0.2, 11.0, 29.0], [19.0, 1.0, 30.5]]).view(3, S, 1, 1)
+    pq.train()(z)
+    counts = torch.tensor([[2.0, 0, 1, 0], [1, 2, 0, 0], [0, 0, 0, 3]])
+    torch.testing.assert_close(pq.cluster_size, 0.99 * torch.ones(S, K) + 0.01 * counts, rtol=0, atol=1e-7)
 
 
 def test_scalar_quantisation_d1_and_plain_vq():
@@ -74,27 +139,189 @@ def test_scalar_quantisation_d1_and_plain_vq():
     assert vq(z).indices.shape == (2, 4, 4, 1) and vq.subspace_dim == 6
 
 
-def test_kmeans_init_fits_the_first_batch():
-    torch.manual_seed(0)
-    centres = torch.randn(8, 4) * 5
-    z = (centres[torch.randint(8, (512,))] + 0.01 * torch.randn(512, 4)).reshape(8, 64, 4).permute(0, 2, 1)
-    z = z.reshape(8, 4, 8, 8)
-    pq = ProductQuantizer(4, 1, 8, kmeans_init=True)
+def _clustered_batch(num_clusters, dim, per_cluster, spread, seed):
+    """Tight well-separated clusters: centres (C, dim) on a grid 10 apart, points (C*per_cluster, dim) shuffled."""
+    g = torch.Generator().manual_seed(seed)
+    centres = torch.stack([torch.arange(num_clusters, dtype=torch.float32) * 10.0 + 3.0 * j
+                           for j in range(dim)], 1)
+    points = centres.repeat_interleave(per_cluster, 0) + spread * torch.randn(num_clusters * per_cluster, dim,
+                                                                            generator=g)
+    labels = torch.arange(num_clusters).repeat_interleave(per_cluster)
+    perm = torch.randperm(len(points), generator=g)
+    return points[perm], labels[perm]
+
+
+@pytest.mark.parametrize("ema", [0.99, None])
+def test_kmeans_init_puts_the_codewords_on_the_cluster_means_of_the_first_batch(ema):
+    """kmeans_init: on the first training batch only, each subspace's codebook becomes the k-means solution of
+    that batch's sub-vectors, here the means of K well-separated clusters (computed independently below)."""
+    K, S, d = 6, 2, 3
+    sub = [_clustered_batch(K, d, 20, 0.05, seed=s) for s in range(S)]
+    rows = torch.cat([p for p, _ in sub], 1)                            # (120, S*d)
+    z = rows.reshape(8, 15, S * d).movedim(-1, 1).reshape(8, S * d, 15, 1)
+    pq = ProductQuantizer(S * d, S, K, ema_decay=ema, kmeans_init=True)
+    assert not bool(pq.initted)
+    pq.eval()(z)
+    assert not bool(pq.initted)                                          # evaluation never initialises
     out = pq.train()(z)
     assert bool(pq.initted)
-    assert out.loss.item() < 0.25 * 1e-3  # commitment weight * residual variance of the tight clusters
+    for s, (points, labels) in enumerate(sub):
+        means = torch.stack([points[labels == c].mean(0) for c in range(K)])          # (K, d)
+        got = pq.codebooks[s].detach()
+        order = torch.cdist(means, got).argmin(1)
+        assert sorted(order.tolist()) == list(range(K))                  # one codeword per cluster
+        if ema is None:                                                  # (EMA mode then moves them a little)
+            torch.testing.assert_close(got[order], means, rtol=0, atol=1e-5)
+        else:
+            torch.testing.assert_close(got[order], means, rtol=0, atol=1e-3)
+    # residual of the fit: commitment * within-cluster variance (spread 0.05 -> 0.0025 per coordinate)
+    assert out.loss.item() == pytest.approx(0.25 * 0.0025 if ema else 1.25 * 0.0025, rel=0.3)
+    if ema is not None:                                                 # the EMA state matches the new codewords
+        torch.testing.assert_close(pq.embed_sum / pq.cluster_size.unsqueeze(-1), pq.codebooks, rtol=1e-3,
+                                   atol=1e-3)
+    control = ProductQuantizer(S * d, S, K, ema_decay=ema, kmeans_init=False)
+    control.load_state_dict({k: v for k, v in pq.state_dict().items() if k != "initted"}, strict=False)
+    z2 = z * 3.0                                                         # a second batch: no re-initialisation
+    pq.train()(z2)
+    control.train()(z2)
+    torch.testing.assert_close(pq.codebooks, control.codebooks, rtol=0, atol=0)
 
 
-def test_dead_codes_are_reseeded_from_inputs():
-    torch.manual_seed(0)
-    pq = ProductQuantizer(4, 2, 16, ema_decay=0.5, dead_code_threshold=1.0)
+def test_kmeans_init_then_forward_uses_the_new_codebooks():
+    K = 4
+    points, _ = _clustered_batch(K, 2, 8, 0.01, seed=3)
+    pq = ProductQuantizer(2, 1, K, ema_decay=None, kmeans_init=True, channel_last=True)
+    out = pq.train()(points)
+    q, idx = reference.pq_assign(points, pq.codebooks.detach())
+    assert torch.equal(out.indices.reshape(-1, 1), idx) and torch.equal(out.quantized.detach(), q)
+
+
+def _dead_code_layer(ema, threshold=2.0):
+    """S=2, d=2, K=8 with codes 4..7 of both codebooks 100 away from every input: they are never chosen."""
+    pq = ProductQuantizer(4, 2, 8, ema_decay=ema, dead_code_threshold=threshold)
     with torch.no_grad():
-        pq.codebooks[:, 8:] += 100.0  # far away: never chosen, become dead
+        pq.codebooks[:, 4:] += 100.0
+        if ema is not None:
+            pq.embed_sum.copy_(pq.codebooks * pq.cluster_size.unsqueeze(-1))
+    return pq
+
+
+def _hand_counts(idx, S, K):
+    counts = torch.zeros(S, K)
+    for n in range(idx.shape[0]):
+        for s in range(S):
+            counts[s, idx[n, s]] += 1
+    return counts
+
+
+@pytest.mark.parametrize("ema", [0.5, None])
+def test_dead_codes_are_reseeded_from_current_inputs(ema):
+    """After the first step the running usage is this batch's counts; codes used fewer than `threshold` times
+    become sub-vectors of the current batch, with running usage reset to the threshold (raw cluster_size
+    thr * (1 - decay) + decay after one step; embed_sum = codeword * cluster_size); every other code is left as a
+    control layer without re-seeding leaves it."""
+    decay = 0.99 if ema is None else ema
+    pq = _dead_code_layer(ema)
+    control = _dead_code_layer(ema, threshold=0.0)
+    control.load_state_dict(pq.state_dict())
+    z = torch.randn(4, 4, 2, 2)                                           # 16 rows
+    rows = _rows(z)
+    _, idx = reference.pq_assign(rows, pq.codebooks.detach())
+    dead = _hand_counts(idx, 2, 8) < 2.0
+    assert dead[:, 4:].all() and not dead.all(), "the far codes (and only some others) must be dead"
+    pq.train()(z)
+    control.train()(z)
+    restart = 2.0 * (1 - decay) + decay
+    for s in range(2):
+        subvectors = rows[:, 2 * s:2 * s + 2]
+        for k in range(8):
+            code = pq.codebooks[s, k].detach()
+            if dead[s, k]:
+                assert (subvectors == code).all(1).any(), f"code {s},{k} is not a sub-vector of the batch"
+                assert float(pq.cluster_size[s, k]) == pytest.approx(restart, rel=1e-6)
+                if ema is not None:
+                    torch.testing.assert_close(pq.embed_sum[s, k], code * restart)
+            else:
+                assert torch.equal(code, control.codebooks[s, k].detach())
+                assert pq.cluster_size[s, k] == control.cluster_size[s, k]
+                if ema is not None:
+                    assert torch.equal(pq.embed_sum[s, k], control.embed_sum[s, k])
+    torch.testing.assert_close(pq.running_usage()[dead], torch.full((int(dead.sum()),), 2.0))
+
+
+@pytest.mark.parametrize("ema", [0.8, None])
+def test_running_usage_is_the_bias_corrected_count_average(ema):
+    """running_usage(): cluster_size itself before training; the batch counts after one step; after two steps
+    the decay-weighted mean (decay c1 + c2) / (1 + decay) of the two batches' counts."""
+    decay = 0.99 if ema is None else ema
+    S, K = 1, 4
+    pq = ProductQuantizer(1, S, K, ema_decay=ema, channel_last=True)
+    with torch.no_grad():
+        pq.codebooks.copy_(torch.tensor([0.0, 10.0, 20.0, 30.0]).view(1, K, 1))
+        if ema is not None:
+            pq.embed_sum.copy_(pq.codebooks)
+    assert torch.equal(pq.running_usage(), torch.ones(S, K))
+    b1 = torch.tensor([[0.0], [0.5], [10.0], [30.0]])                      # counts 2, 1, 0, 1
+    b2 = torch.tensor([[10.0], [10.5], [9.5], [20.0]])                     # counts 0, 3, 1, 0
+    pq.train()(b1)
+    torch.testing.assert_close(pq.running_usage(), torch.tensor([[2.0, 1.0, 0.0, 1.0]]), rtol=0, atol=1e-5)
+    pq.train()(b2)
+    c1, c2 = torch.tensor([2.0, 1.0, 0.0, 1.0]), torch.tensor([0.0, 3.0, 1.0, 0.0])
+    torch.testing.assert_close(pq.running_usage()[0], (decay * c1 + c2) / (1 + decay), rtol=0, atol=1e-4)
+
+
+def test_dead_codes_draw_from_the_whole_batch():
+    """The re-seeded codes of one step are spread over the batch's rows (not all one row)."""
+    pq = ProductQuantizer(2, 1, 64, ema_decay=0.5, dead_code_threshold=1.0)
+    with torch.no_grad():
+        pq.codebooks[:, 1:] += 1000.0
         pq.embed_sum.copy_(pq.codebooks)
-    z = torch.randn(4, 4, 4, 4)
-    for _ in range(4):
+    z = torch.arange(32, dtype=torch.float32).view(32, 1, 1).repeat(1, 2, 1).unsqueeze(-1) * 0.01
+    pq.train()(z)
+    picked = pq.codebooks[0, 1:, 0]
+    assert picked.abs().max() < 1.0 and len(set(picked.tolist())) > 16
+
+
+def test_no_reseeding_when_threshold_is_zero():
+    pq = _dead_code_layer(0.5, threshold=0.0)
+    z = torch.randn(4, 4, 2, 2)
+    for _ in range(3):
         pq.train()(z)
-    assert pq.codebooks.abs().max() < 50, "dead codes were not re-seeded from the inputs"
+    assert pq.codebooks[:, 4:].min() > 50
+
+
+def test_stats_by_hand():
+    """perplexity / usage from this batch's histogram; dead_codes from the EMA usage (below threshold, or 1e-3)."""
+    S, K = 2, 4
+    pq = ProductQuantizer(S, S, K, ema_decay=0.5, dead_code_threshold=0.0, channel_last=True)
+    with torch.no_grad():
+        pq.codebooks.copy_(torch.tensor([0.0, 10.0, 20.0, 30.0]).view(1, K, 1).expand(S, K, 1))
+        pq.cluster_size.copy_(torch.tensor([[1.0, 5e-4, 2.0, 0.0], [0.5, 0.5, 0.5, 0.5]]))
+    z = torch.tensor([[0.0, 10.0], [10.0, 10.0], [20.0, 10.0], [30.0, 10.0]])   # subspace 0: all 4 codes; 1: one
+    stats = pq.eval()(z).stats
+    torch.testing.assert_close(stats.usage, torch.tensor([1.0, 0.25]))
+    torch.testing.assert_close(stats.perplexity, torch.tensor([4.0, 1.0]))
+    torch.testing.assert_close(stats.dead_codes, torch.tensor([2.0, 0.0]))   # 5e-4 and 0 are below 1e-3
+    z2 = torch.tensor([[0.0, 0.0], [0.0, 10.0], [10.0, 10.0], [10.0, 30.0]])  # two codes, 2:2 and 1:2:1
+    stats = pq.eval()(z2).stats
+    p = torch.tensor([0.25, 0.5, 0.25])
+    torch.testing.assert_close(stats.perplexity, torch.tensor([2.0, float(torch.exp(-(p * p.log()).sum()))]))
+    torch.testing.assert_close(stats.usage, torch.tensor([0.5, 0.75]))
+    pq.dead_code_threshold = 0.75                                              # reported against the threshold
+    torch.testing.assert_close(pq.eval()(z2).stats.dead_codes, torch.tensor([2.0, 4.0]))
+
+
+def test_cosine_distance_picks_the_direction_and_returns_the_raw_codeword():
+    pq = ProductQuantizer(2, 1, 2, distance="cosine", channel_last=True).eval()
+    with torch.no_grad():
+        pq.codebooks.copy_(torch.tensor([[[1.0, 0.0], [10.0, 10.0]]]))
+    z = torch.tensor([[1.0, 0.9], [1.0, -0.1]])
+    out = pq(z)
+    assert out.indices.flatten().tolist() == [1, 0]                             # l2 would pick code 0 for both
+    assert torch.equal(out.quantized, torch.tensor([[10.0, 10.0], [1.0, 0.0]]))
+    l2 = ProductQuantizer(2, 1, 2, channel_last=True).eval()
+    l2.load_state_dict(pq.state_dict())
+    assert l2(z).indices.flatten().tolist() == [0, 0]
 
 
 def test_encode_decode_pack_round_trip():
