@@ -157,8 +157,10 @@ class ResumableBatches:
 
 def build_train_dataset(cfg: Config):
     from .data import build_dataset
-    return build_dataset(root=cfg.train.data_root, resolution=cfg.train.resolution, split="train",
-                         val_fraction=cfg.train.val_fraction)
+    r = cfg.train.resolution
+    return build_dataset(root=cfg.train.data_root, resolution=r, split="train",
+                         val_fraction=cfg.train.val_fraction,
+                         resize_to=(r, r) if cfg.train.preprocess == "resize" else None)
 
 
 # --- helpers -------------------------------------------------------------------------------------------------------
@@ -222,6 +224,7 @@ def resolve_config(args: argparse.Namespace) -> tuple[Config, Optional[str]]:
 def train(cfg: Config, out: str, *, resume_from: Optional[str] = None, device: Optional[str] = None,
           progress: bool = True, keep_checkpoints: bool = False, dataset=None) -> Dict[str, Any]:
     """Train to ``cfg.train.steps``. Returns {"model", "loss", "step", "info"} (unwrapped modules)."""
+    from .codebook_health import CollapseMonitor
     from .losses import PQGANLoss
     from .model import PQGAN
 
@@ -298,6 +301,9 @@ def train(cfg: Config, out: str, *, resume_from: Optional[str] = None, device: O
     last_saved = start_step if resume_from is not None else -1
     t_last, steps_since = time.time(), 0
     data = batches(start_step)
+    collapse = CollapseMonitor(cfg.model.codebook_size)
+    # loss.on_normalized: every loss term sees the networks' normalised images (the official recipe)
+    loss_space = model.to_network if cfg.loss.on_normalized else (lambda x: x)
     model.train()
     loss_fn.train()
     while step < tc.steps:
@@ -306,14 +312,15 @@ def train(cfg: Config, out: str, *, resume_from: Optional[str] = None, device: O
         disc.requires_grad_(False)
         with autocast():
             recon, q = net(img)
-            g_loss, g_logs = loss_fn.generator_loss(img, recon, q.loss, step, model.last_layer)
+            g_loss, g_logs = loss_fn.generator_loss(loss_space(img), loss_space(recon), q.loss, step,
+                                                    model.last_layer)
         opt_g.zero_grad(set_to_none=True)
         g_loss.backward()
         opt_g.step()
         disc.requires_grad_(True)
         # discriminator update
         with autocast():
-            d_loss, d_logs = loss_fn.discriminator_loss(img, recon.detach(), step)
+            d_loss, d_logs = loss_fn.discriminator_loss(loss_space(img), loss_space(recon.detach()), step)
         opt_d.zero_grad(set_to_none=True)
         if d_loss.requires_grad:
             d_loss.backward()
@@ -338,6 +345,11 @@ def train(cfg: Config, out: str, *, resume_from: Optional[str] = None, device: O
                            "time/sec_per_step": (now - t_last) / steps_since,
                            "time/images_per_sec": steps_since * img.shape[0] * info.world_size / (now - t_last)})
             t_last, steps_since = now, 0
+            warning = collapse.update(q.stats.perplexity, q.stats.usage, q.indices.numel() // q.indices.shape[-1])
+            record["quant/perplexity_min"] = _float(q.stats.perplexity.min())
+            record["quant/collapsed"] = collapse.collapsed
+            if warning:
+                print(f"pqgan-train: step {step}: {warning}", file=sys.stderr)
             with open(log_path, "a") as f:
                 f.write(json.dumps(record) + "\n")
             if bar is not None:
