@@ -9,11 +9,18 @@ Each item is a float32 tensor (3, resolution, resolution) in [-1, 1].
 
 The train/val split is a seeded permutation of the sorted file list (``val_fraction`` of the files, at least one
 when there are two or more), so it is deterministic and the two splits are disjoint.
+
+Bad files: a file that cannot be read or decoded (corrupt, truncated, unreadable, a broken symlink or symlink loop)
+is skipped with one ``BadImageWarning`` naming it and counted in ``ImageFolder.skipped_files`` (shared with loader
+workers); a training item falls back to the next readable file, an evaluation item (``on_bad="drop"``) is None.
+More than ``max_bad_fraction`` (default 1%) of the files bad raises ``TooManyBadImages``. Every image mode is
+converted to 8-bit RGB: 16-bit greyscale (I;16, I;16B, I) is scaled by 1/257 (not clipped), alpha is ignored.
 """
 from __future__ import annotations
 
 import importlib.util
 import os
+import warnings
 from pathlib import Path
 from typing import Optional, Sequence, Union
 
@@ -24,6 +31,23 @@ from torch.utils.data import Dataset
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp")
 SPLITS = ("train", "val", "all")
+MAX_BAD_FRACTION = 0.01          # default: more than 1% unreadable files stops a run
+ON_BAD = ("substitute", "drop")
+# What decoding a bad file raises (PIL raises OSError subclasses, SyntaxError / ValueError / EOFError for some
+# broken streams, DecompressionBombError for absurd sizes); anything else is a bug and propagates.
+_DECODE_ERRORS = (OSError, SyntaxError, ValueError, EOFError, Image.DecompressionBombError)
+
+
+class ImageReadError(OSError):
+    """An image file that cannot be read or decoded; the message names the file."""
+
+
+class TooManyBadImages(RuntimeError):
+    """More than the allowed fraction of a dataset's files are unreadable."""
+
+
+class BadImageWarning(UserWarning):
+    """One unreadable image file was skipped (the message names it)."""
 
 # Colour and greyscale photographs shipped inside the scikit-image wheel (skimage/data/*), i.e. readable offline;
 # the other ``skimage.data`` images are fetched with pooch on first use and are not used here.
@@ -32,12 +56,27 @@ SKIMAGE_PHOTOS = ("astronaut.png", "chelsea.png", "coffee.png", "rocket.jpg", "h
                   "grass.png", "gravel.png", "brick.png")
 
 
-def list_images(root: Union[str, os.PathLike]) -> list[Path]:
-    """All files under ``root`` (recursively) with an image extension, sorted."""
+def list_images(root: Union[str, os.PathLike], skipped: Optional[list] = None) -> list[Path]:
+    """All files under ``root`` (recursively; symlinked folders are not followed) with an image extension, sorted.
+
+    Entries with an image extension that are not regular files (broken symlinks, symlink loops, folders) are
+    left out with a ``BadImageWarning`` each, and appended to ``skipped`` when it is given.
+    """
     root = Path(root)
     if not root.is_dir():
         raise FileNotFoundError(f"image folder not found: {root}")
-    return sorted(p for p in root.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file())
+    found = []
+    for p in sorted(root.rglob("*")):
+        if p.suffix.lower() not in IMAGE_EXTENSIONS:
+            continue
+        if p.is_file():
+            found.append(p)
+        elif not p.is_dir():
+            why = "a broken symlink or symlink loop" if p.is_symlink() else "not a regular file"
+            warnings.warn(f"skipping {p}: {why}", BadImageWarning, stacklevel=2)
+            if skipped is not None:
+                skipped.append(p)
+    return found
 
 
 def default_images() -> list[Path]:
@@ -70,10 +109,31 @@ def split_files(files: Sequence[Path], split: str, val_fraction: float = 0.1, se
     return [files[i] for i in sorted(chosen)]
 
 
+_SIXTEEN_BIT = ("I;16", "I;16L", "I;16B", "I;16N", "I")
+
+
+def to_rgb(image: Image.Image) -> Image.Image:
+    """8-bit RGB of any PIL image. 16-bit greyscale (I;16, I;16L, I;16B, and I, which PNG readers use for 16-bit
+    grey) is scaled by 1/257 so 65535 -> 255 and 32768 -> 128 (PIL's own conversion clips it to 255); alpha is
+    dropped; palette, CMYK, 1-bit and greyscale go through PIL's conversion. ValueError for modes PIL cannot
+    convert."""
+    if image.mode in _SIXTEEN_BIT:
+        grey = np.asarray(image).astype(np.float64)
+        grey = np.rint(np.clip(grey, 0, 65535) / 257.0).astype(np.uint8)
+        return Image.fromarray(grey, mode="L").convert("RGB")
+    return image if image.mode == "RGB" else image.convert("RGB")
+
+
 def load_image(path: Union[str, os.PathLike]) -> Image.Image:
-    """An RGB PIL image (greyscale, palette and alpha images are converted)."""
-    with Image.open(path) as im:
-        return im.convert("RGB")
+    """An 8-bit RGB PIL image (see ``to_rgb``), fully decoded. ImageReadError naming ``path`` when it cannot be
+    opened, read or decoded (missing, unreadable, corrupt, truncated)."""
+    try:
+        with Image.open(path) as im:
+            im.load()                                     # decode now: truncated data fails here, not later
+            return to_rgb(im)
+    except _DECODE_ERRORS as e:
+        reason = e.strerror if isinstance(e, OSError) and e.strerror else str(e) or type(e).__name__
+        raise ImageReadError(f"{path}: cannot read image ({type(e).__name__}: {reason})") from e
 
 
 def to_tensor(image: Image.Image) -> torch.Tensor:
@@ -120,15 +180,26 @@ class ImageFolder(Dataset):
         random_crop, flip: augmentations for "train" and "all" (random crop after resizing the shorter side to R;
             horizontal flip with p=0.5), drawn from torch's RNG. "val" always uses a center crop and no flip.
         resize_to: (height, width): resize the whole image to it instead (no crop, no flip whatever the split).
+        on_bad: what an unreadable file's item becomes: "substitute" (the next readable file; for training) or
+            "drop" (None; for evaluation, whose loader leaves it out). Each bad file warns once and is counted in
+            ``skipped_files``.
+        max_bad_fraction: ``TooManyBadImages`` once more than this fraction of the files (this split plus the
+            entries ``list_images`` left out) turned out bad.
     """
 
     def __init__(self, root: Union[str, os.PathLike, Sequence[Union[str, os.PathLike]]], resolution: int,
                  split: str = "train", val_fraction: float = 0.1, seed: int = 0, random_crop: bool = True,
-                 flip: bool = True, resize_to: Optional[tuple[int, int]] = None):
+                 flip: bool = True, resize_to: Optional[tuple[int, int]] = None, on_bad: str = "substitute",
+                 max_bad_fraction: float = MAX_BAD_FRACTION):
         if not isinstance(resolution, int) or resolution < 1:
             raise ValueError(f"resolution must be a positive int, got {resolution!r}")
+        if on_bad not in ON_BAD:
+            raise ValueError(f"on_bad must be one of {ON_BAD}, got {on_bad!r}")
+        if not 0.0 <= max_bad_fraction <= 1.0:
+            raise ValueError(f"max_bad_fraction must be in [0, 1], got {max_bad_fraction}")
+        self.unlisted: list[Path] = []                    # image-named entries list_images could not use
         if isinstance(root, (str, os.PathLike)):
-            files = list_images(root)
+            files = list_images(root, skipped=self.unlisted)
             where = str(root)
         else:
             files = [Path(f) for f in root]
@@ -145,15 +216,63 @@ class ImageFolder(Dataset):
             raise ValueError(f"resize_to must be two positive ints, got {resize_to!r}")
         self.random_crop = random_crop and split != "val" and self.resize_to is None
         self.flip = flip and split != "val" and self.resize_to is None
+        self.on_bad, self.max_bad_fraction = on_bad, float(max_bad_fraction)
+        # 1 = this file failed to load; in shared memory so loader workers' findings reach the main process
+        self._bad = torch.zeros(len(self.files), dtype=torch.uint8).share_memory_()
+        self._check_bad_fraction()
 
     def __len__(self) -> int:
         return len(self.files)
 
-    def __getitem__(self, index: int) -> torch.Tensor:
+    @property
+    def skipped(self) -> list[Path]:
+        """Files skipped so far: those ``list_images`` left out, then those that failed to load."""
+        return self.unlisted + [self.files[i] for i in torch.nonzero(self._bad).flatten().tolist()]
+
+    @property
+    def skipped_files(self) -> int:
+        """How many files were skipped so far (see ``skipped``)."""
+        return len(self.unlisted) + int(self._bad.sum())
+
+    def _check_bad_fraction(self) -> None:
+        total = len(self.files) + len(self.unlisted)
+        if self.skipped_files > self.max_bad_fraction * total:
+            names = ", ".join(str(p) for p in self.skipped[:5]) + (", ..." if self.skipped_files > 5 else "")
+            raise TooManyBadImages(
+                f"{self.skipped_files} of {total} image files are unreadable, more than the allowed fraction "
+                f"{self.max_bad_fraction:g}: {names} (fix or remove them, or allow more with max_bad_fraction)")
+
+    def load(self, index: int) -> Image.Image:
+        """The decoded RGB image of file ``index``; ImageReadError (naming the file) when it is bad."""
+        return load_image(self.files[index])
+
+    def _transform(self, image: Image.Image) -> torch.Tensor:
         if self.resize_to is not None:
-            return to_tensor(resize_exact(load_image(self.files[index]), self.resize_to))
-        image = resize_shorter(load_image(self.files[index]), self.resolution)
+            return to_tensor(resize_exact(image, self.resize_to))
+        image = resize_shorter(image, self.resolution)
         return to_tensor(crop_square(image, self.resolution, self.random_crop, self.flip))
+
+    def __getitem__(self, index: int) -> Optional[torch.Tensor]:
+        """(3, R, R) float32 in [-1, 1] (or (3, h, w) with ``resize_to``); for a bad file see ``on_bad``."""
+        n = len(self.files)
+        for attempt in range(n):
+            i = (index + attempt) % n
+            if self._bad[i]:
+                image = None
+            else:
+                try:
+                    image = self.load(i)
+                except ImageReadError as e:
+                    image = None
+                    if not self._bad[i]:
+                        self._bad[i] = 1
+                        warnings.warn(f"skipping {e}", BadImageWarning, stacklevel=2)
+                    self._check_bad_fraction()
+            if image is not None:
+                return self._transform(image)
+            if self.on_bad == "drop":
+                return None
+        raise TooManyBadImages(f"none of the {n} image files can be read (first: {self.files[0]})")
 
 
 def build_dataset(root: Optional[Union[str, os.PathLike]] = None, resolution: int = 256, split: str = "train",
@@ -168,5 +287,6 @@ def build_dataset(root: Optional[Union[str, os.PathLike]] = None, resolution: in
     return ImageFolder(root, resolution, split=split, **kwargs)
 
 
-__all__ = ["IMAGE_EXTENSIONS", "ImageFolder", "SKIMAGE_PHOTOS", "build_dataset", "default_images",
+__all__ = ["BadImageWarning", "IMAGE_EXTENSIONS", "ImageFolder", "ImageReadError", "MAX_BAD_FRACTION",
+           "TooManyBadImages", "to_rgb", "SKIMAGE_PHOTOS", "build_dataset", "default_images",
            "list_images", "load_image", "split_files", "to_tensor"]
