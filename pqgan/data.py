@@ -56,6 +56,15 @@ SKIMAGE_PHOTOS = ("astronaut.png", "chelsea.png", "coffee.png", "rocket.jpg", "h
                   "grass.png", "gravel.png", "brick.png")
 
 
+PHOTOS_ENV = "PQGAN_DATA"  # names a folder of real photos (e.g. BSDS500) for tests, benchmarks and demos
+
+
+def photo_dir() -> Optional[Path]:
+    """The photo folder named by the ``PQGAN_DATA`` environment variable, or None when it is unset or empty."""
+    value = os.environ.get(PHOTOS_ENV, "").strip()
+    return Path(value).expanduser() if value else None
+
+
 def list_images(root: Union[str, os.PathLike], skipped: Optional[list] = None) -> list[Path]:
     """All files under ``root`` (recursively; symlinked folders are not followed) with an image extension, sorted.
 
@@ -288,5 +297,5 @@ def build_dataset(root: Optional[Union[str, os.PathLike]] = None, resolution: in
 
 
 __all__ = ["BadImageWarning", "IMAGE_EXTENSIONS", "ImageFolder", "ImageReadError", "MAX_BAD_FRACTION",
-           "TooManyBadImages", "to_rgb", "SKIMAGE_PHOTOS", "build_dataset", "default_images",
-           "list_images", "load_image", "split_files", "to_tensor"]
+           "TooManyBadImages", "to_rgb", "PHOTOS_ENV", "SKIMAGE_PHOTOS", "build_dataset", "default_images",
+           "list_images", "load_image", "photo_dir", "split_files", "to_tensor"]
