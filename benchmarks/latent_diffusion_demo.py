@@ -9,8 +9,8 @@ Demo (``--stage demo``):
       L1 + MSE + the quantiser loss on random 32px crops (no GAN / perceptual term: CPU minutes), or loads
       ``--checkpoint``; the model is saved as a pqgan checkpoint (``--ckpt-dir``, default OUT/pqgan; reusable with
       --checkpoint);
-  (b) fits the latent scaling factor, encodes random crops of the training photos (``--data``, default the BSDS500
-      train split when present, else scikit-image's bundled photos) once, trains a small diffusers ``UNet2DModel``
+  (b) fits the latent scaling factor, encodes random crops of the training photos (``--data``, default the folder
+      named by $PQGAN_DATA, else scikit-image's bundled photos) once, trains a small diffusers ``UNet2DModel``
       (epsilon prediction, ``DDPMScheduler``) on the scaled PQ latents for ``--diff-minutes``, samples with DDIM,
       decodes through ``DiffusersPQAutoencoder`` (re-quantised) and writes OUT/samples.png (rows: photos, their
       reconstructions, samples) and OUT/demo.json (losses, PSNR, how far samples lie from valid codes).
@@ -44,10 +44,9 @@ from PIL import Image  # noqa: E402
 from pqgan import PQGAN  # noqa: E402
 from pqgan.checkpoint import load_pretrained, save_checkpoint  # noqa: E402
 from pqgan.config import load_config  # noqa: E402
-from pqgan.data import build_dataset  # noqa: E402
+from pqgan.data import PHOTOS_ENV, build_dataset, photo_dir  # noqa: E402
 from pqgan.diffusers_adapter import DiffusersPQAutoencoder  # noqa: E402
 
-BSDS_TRAIN = Path("/work/shared/data/train/bsds500/train")
 ROOT = Path(__file__).resolve().parent
 
 
@@ -189,7 +188,7 @@ def save_grid(path: Path, rows: list[torch.Tensor]) -> None:
 
 def run_demo(args) -> dict:
     device = args.device
-    data = args.data or (str(BSDS_TRAIN) if BSDS_TRAIN.is_dir() else None)
+    data = str(args.data) if args.data else None
     train_ds = build_dataset(data, args.resolution, split="train")
     val_ds = build_dataset(data, args.resolution, split="val")
     log(f"data: {data or 'scikit-image photos'}: {len(train_ds)} train / {len(val_ds)} val images at "
@@ -355,7 +354,8 @@ def main(argv: Optional[list[str]] = None) -> int:
     g = p.add_argument_group("demo")
     g.add_argument("--config", default="tiny_f8_pq", help="PQGAN config to train (tiny_f8_pq, tiny_f16_pq, ...)")
     g.add_argument("--checkpoint", default=None, help="a trained PQGAN (run dir / checkpoint) instead of training")
-    g.add_argument("--data", default=None, help="image folder (default: BSDS500 train if present, else skimage)")
+    g.add_argument("--data", default=photo_dir(),
+                   help=f"image folder (default: ${PHOTOS_ENV}, e.g. BSDS500/train; unset: scikit-image's photos)")
     g.add_argument("--resolution", type=int, default=64)
     g.add_argument("--ae-minutes", type=float, default=4.0)
     g.add_argument("--ae-steps", type=int, default=100000)

@@ -12,7 +12,8 @@ Groups of runs (a run shared by two groups is trained once):
     d_sweep : D in {16, 32, 64, 128}, K=256, for VQ (S=1) and for PQ with fixed d=2 (S=D/2)
     k_sweep : PQ D=128, S=64 (d=2), K in {16, 64, 256, 1024}
 
-Training photos: BSDS500 train+val (300 JPEGs, shorter side resized to ``--scale``, random crop + flip).
+Training photos: BSDS500 train+val (300 JPEGs, shorter side resized to ``--scale``, random crop + flip); the BSDS500
+folder is ``--data``, default the ``PQGAN_DATA`` environment variable.
 Evaluation: the first ``--eval-images`` BSDS500 *test* photos (never seen in training), same scale, center crops.
 Metrics per run: bits per image, PSNR (mean per image), SSIM, ST-LPIPS, codebook usage / perplexity over the
 whole evaluation set (mean over subspaces), train time. Each run writes OUT/runs/<name>.json; OUT/study.json
@@ -43,13 +44,12 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from pqgan.config import Config, apply_overrides, load_config  # noqa: E402
-from pqgan.data import list_images  # noqa: E402
+from pqgan.data import PHOTOS_ENV, list_images, photo_dir  # noqa: E402
 from pqgan.losses import PQGANLoss  # noqa: E402
 from pqgan.metrics import MetricAccumulator, to_unit  # noqa: E402
 from pqgan.model import PQGAN  # noqa: E402
 from pqgan.packing import bits_per_code  # noqa: E402
 
-BSDS = Path("/work/shared/data/train/bsds500")
 DEFAULT_OUT = ROOT / "benchmarks" / "results" / "study"
 DOCS = ROOT / "docs" / "results.md"
 PLOT = ROOT / "docs" / "study_psnr_vs_d.png"
@@ -377,7 +377,9 @@ def reference_baselines(eval_set) -> Dict[str, float]:
             "8x8-pixel block means, bilinear upsampling (192 floats per image)": float(psnr(x, blocks).mean())}
 
 
-def baselines_text(budget: Dict[str, Any], eval_dir: str) -> str:
+def baselines_text(budget: Dict[str, Any], eval_dir: Optional[str]) -> str:
+    if not eval_dir:
+        return ""
     try:
         eval_set = PhotoCrops(eval_files(eval_dir, budget["eval_images"]), budget["eval_crop"], random=False,
                               scale=budget.get("scale", budget["eval_crop"]))
@@ -387,7 +389,7 @@ def baselines_text(budget: Dict[str, Any], eval_dir: str) -> str:
     return (f"\n\nModel-free references on the same {len(eval_set)} evaluation crops:\n" + "\n".join(lines))
 
 
-def report(out: Path, docs: Path = DOCS, plot: Path = PLOT, eval_dir: str = str(BSDS / "test")) -> str:
+def report(out: Path, docs: Path = DOCS, plot: Path = PLOT, eval_dir: Optional[str] = None) -> str:
     """Table (into ``docs`` between the study-table markers, when present) and the PSNR-vs-D plot."""
     records = load_records(out)
     if not records:
@@ -428,8 +430,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-kmeans-init", action="store_true",
                    help="keep the N(0,1) codebook init (default: k-means++ on the first batch, for every run)")
     p.add_argument("--runs", default=None, help="comma list of run names or groups (default: all)")
-    p.add_argument("--train-dirs", default=f"{BSDS / 'train'},{BSDS / 'val'}", help="comma list of folders")
-    p.add_argument("--eval-dir", default=str(BSDS / "test"))
+    p.add_argument("--data", default=photo_dir(),
+                   help=f"BSDS500 folder (train/, val/, test/ inside; default: ${PHOTOS_ENV})")
+    p.add_argument("--train-dirs", default=None, help="comma list of folders (default: DATA/train,DATA/val)")
+    p.add_argument("--eval-dir", default=None, help="held-out photos (default: DATA/test)")
     p.add_argument("--out", default=str(DEFAULT_OUT))
     p.add_argument("--device", default="cpu")
     p.add_argument("--threads", type=int, default=None,
@@ -464,6 +468,9 @@ def resolve_budget(args: argparse.Namespace) -> Dict[str, Any]:
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = build_parser().parse_args(argv)
     out = Path(args.out)
+    data = Path(args.data) if args.data else None
+    if args.eval_dir is None and data is not None:
+        args.eval_dir = str(data / "test")
     if args.report:
         print(report(out, Path(args.docs), Path(args.plot), args.eval_dir))
         return 0
@@ -480,6 +487,13 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if threads:
         torch.set_num_threads(threads)
     device = torch.device(args.device)
+    if args.train_dirs is None:
+        if data is None:
+            raise SystemExit(f"no photos: pass --data (a BSDS500 folder) or set {PHOTOS_ENV}, or --train-dirs "
+                             "and --eval-dir")
+        args.train_dirs = f"{data / 'train'},{data / 'val'}"
+    if args.eval_dir is None:
+        raise SystemExit(f"no evaluation photos: pass --eval-dir, or --data / {PHOTOS_ENV} (uses DATA/test)")
     train_set = PhotoCrops(train_files([d for d in args.train_dirs.split(",") if d]), budget["crop"], random=True,
                            scale=budget["scale"])
     eval_set = PhotoCrops(eval_files(args.eval_dir, budget["eval_images"]), budget["eval_crop"], random=False,

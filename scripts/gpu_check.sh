@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# One-shot GPU check (see /work/shared/gpu/README.md): build, GPU tests, Triton target timings, full benchmark.
+# One-shot GPU check on a CUDA machine: build, GPU tests, Triton target timings, full benchmark.
 # Usage on the GPU machine, from the repo root:  OUT=gpu_out bash scripts/gpu_check.sh
 set -euo pipefail
 export CUDA_HOME=${CUDA_HOME:-/usr/local/cuda} TORCH_CUDA_ARCH_LIST=9.0 MAX_JOBS=16 PYTHONUNBUFFERED=1

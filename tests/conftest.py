@@ -29,6 +29,19 @@ def _seeded():
     random.seed(0)
 
 
+@pytest.fixture(scope="session")
+def photos():
+    """The folder of real photos named by PQGAN_DATA (e.g. BSDS500; .ci/run sets it); skips the test, with the
+    reason, when the variable is unset or the folder holds no images."""
+    from pqgan.data import PHOTOS_ENV, list_images, photo_dir
+    root = photo_dir()
+    if root is None:
+        pytest.skip(f"needs real photos: set {PHOTOS_ENV} to a photo folder (e.g. BSDS500)")
+    if not root.is_dir() or not list_images(root):
+        pytest.skip(f"{PHOTOS_ENV}={root}: not a folder with images")
+    return root
+
+
 @pytest.fixture
 def one_thread():
     """Tiny convolutions run faster on one torch thread than on two contended ones (CI has 2 shared cores)."""

@@ -1,14 +1,11 @@
-"""Datasets: recursive listing, deterministic disjoint splits, value range and crops, scikit-image defaults, BSDS."""
-from pathlib import Path
-
+"""Datasets: recursive listing, deterministic disjoint splits, value range and crops, scikit-image defaults, real photos
+(PQGAN_DATA)."""
 import numpy as np
 import pytest
 import torch
 from PIL import Image
 
 from pqgan.data import ImageFolder, build_dataset, default_images, list_images, split_files
-
-BSDS = Path("/work/shared/data/train/bsds500")
 
 
 @pytest.fixture(scope="module")
@@ -87,9 +84,9 @@ def test_default_images_ship_with_scikit_image():
     assert x.shape == (3, 32, 32) and -1 <= float(x.min()) < float(x.max()) <= 1
 
 
-@pytest.mark.skipif(not BSDS.is_dir(), reason="BSDS500 photos not available")
-def test_bsds_split():
-    train, val = ImageFolder(BSDS, 64, "train"), ImageFolder(BSDS, 64, "val", random_crop=False)
-    assert len(train) + len(val) == len(list_images(BSDS)) and len(val) == round(0.1 * len(list_images(BSDS)))
+def test_real_photo_split(photos):
+    train, val = ImageFolder(photos, 64, "train"), ImageFolder(photos, 64, "val", random_crop=False)
+    n = len(list_images(photos))
+    assert len(train) + len(val) == n and len(val) == max(1, round(0.1 * n))
     assert not set(train.files) & set(val.files)
     assert val[0].shape == (3, 64, 64)

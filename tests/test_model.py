@@ -1,7 +1,5 @@
 """PQGAN configs and autoencoder: config round trips and overrides, shapes for every shipped config, VQ/SQ/PQ
 variants, encode -> decode_indices == forward in eval mode, and a tiny model learning on real photos (CPU, fast)."""
-from pathlib import Path
-
 import pytest
 import torch
 import yaml
@@ -13,7 +11,6 @@ from model_helpers import random_images
 
 TINY = ["tiny_f8_pq", "tiny_f8_vq", "tiny_f8_sq", "tiny_f16_pq"]
 PAPER = ["f8_k512_d128_s64", "f16_k128_d128_s64", "f8_vq_k16384_d8", "f16_vq_k16384_d8"]
-BSDS = Path("/work/shared/data/train/bsds500")
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -180,18 +177,28 @@ def test_bad_inputs():
         PQGAN("tiny_f8_pq")
 
 
-@pytest.mark.skipif(not BSDS.is_dir(), reason="BSDS500 photos not available")
-def test_tiny_model_learns_on_real_photos():
-    """A small PQ autoencoder (32px, 4x4x8 codes) fits a fixed set of real photo crops: L1 + quantiser loss over
-    40 Adam steps falls by a third or more."""
+def test_tiny_model_learns_on_real_photos(photos):
+    """A small PQ autoencoder (32px, 4x4x8 codes) fits 8 real photo crops in 40 Adam steps. Controls in the same
+    test: the same model at step 0, and the model-free per-image mean-colour reconstruction. Eval-mode L1 after
+    training / at step 0 was 0.32-0.39 and after training / mean colour 0.56-0.68 over seeds 0-5 (BSDS500, torch
+    2.14.1 on CPU); the bounds 0.55 and 0.85 leave a wide margin for other data and library versions."""
     from pqgan.data import ImageFolder
     torch.manual_seed(0)
-    data = ImageFolder(BSDS, 32, split="train")
-    batch = torch.stack([data[i] for i in range(8)])
+    data = ImageFolder(photos, 32, split="train")
+    batch = torch.stack([data[i] for i in range(8)])                     # (8, 3, 32, 32) in [-1, 1]
     cfg = apply_overrides(load_config("tiny_f8_pq"), [
         "model.resolution=32", "model.ch=16", "model.z_channels=16", "model.codebook_size=32"]).model
     model = PQGAN(cfg)
-    opt = torch.optim.Adam(model.parameters(), lr=2e-3, betas=(0.5, 0.9))
+
+    def eval_l1() -> float:
+        model.eval()
+        with torch.no_grad():
+            recon, _ = model(batch)
+        model.train()
+        return float((recon - batch).abs().mean())
+
+    before = eval_l1()
+    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
     losses = []
     for _ in range(40):
         recon, q = model(batch)
@@ -200,6 +207,8 @@ def test_tiny_model_learns_on_real_photos():
         loss.backward()
         opt.step()
         losses.append(float(loss.detach()))
-    first, last = sum(losses[:5]) / 5, sum(losses[-5:]) / 5
+    after = eval_l1()
+    mean_colour = float((batch.mean((2, 3), keepdim=True) - batch).abs().mean())
     assert all(torch.isfinite(torch.tensor(losses)))
-    assert last < 0.67 * first, (first, last)
+    assert after < 0.55 * before, (before, after)
+    assert after < 0.85 * mean_colour, (mean_colour, after)

@@ -13,12 +13,11 @@ from PIL import Image
 
 from pqgan import checkpoint as ckpt
 from pqgan.config import apply_overrides, load_config
+from pqgan.data import photo_dir
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-BSDS_CANDIDATES = [os.environ.get("PQGAN_BSDS500", ""), os.path.join(ROOT, "shared", "data", "train", "bsds500"),
-                   os.path.join(os.path.dirname(ROOT), "shared", "data", "train", "bsds500"),
-                   "/work/shared/data/train/bsds500"]
-BSDS = next((p for p in BSDS_CANDIDATES if p and os.path.isdir(os.path.join(p, "val"))), None)
+PHOTOS = photo_dir()  # real photos (PQGAN_DATA) for the CLI test when set; else its synthetic images
+PHOTOS = PHOTOS if PHOTOS is not None and PHOTOS.is_dir() else None
 # Tiny and fast: 32px images, 4x4 latents, no perceptual network, GAN on from step 1 (so both optimisers move).
 TINY = ["train.resolution=32", "model.resolution=32", "loss.perceptual=none", "loss.disc_start=1",
         "train.batch_size=2", "train.log_every=1", "train.sample_every=2", "train.ckpt_every=100",
@@ -221,8 +220,8 @@ def _cli(module, args, timeout=600):
 
 
 def test_cli_train_then_evaluate(tmp_path, image_dir):
-    """Real BSDS500 photos where present, else the synthetic images."""
-    data = os.path.join(BSDS, "val") if BSDS else image_dir
+    """Real photos (PQGAN_DATA) where set, else the synthetic images."""
+    data = str(PHOTOS) if PHOTOS else image_dir
     run = tmp_path / "run"
     _cli("pqgan.train", ["--config", "tiny_f8_pq", "--out", str(run), "--steps", "3", "--data", data,
                          "--no-progress"] + _sets(["train.val_fraction=0.5"]))
@@ -238,7 +237,7 @@ def test_cli_train_then_evaluate(tmp_path, image_dir):
     proc = _cli("pqgan.evaluate", [str(run), "--data", data, "--split", "val", "--out", str(ev),
                                    "--max-images", "5", "--batch-size", "2", "--no-fid", "--perceptual", "none"])
     metrics = json.load(open(ev / "metrics.json"))
-    n = 5 if BSDS else 3                                 # 6 synthetic images, half of them in "val"
+    n = 5 if PHOTOS else 3                               # 6 synthetic images, half of them in "val"
     assert metrics["num_images"] == n and metrics["step"] == 3 and metrics["split"] == "val"
     assert 0 < metrics["psnr_mean_per_image_db"] < 60 and 0 < metrics["psnr_pooled_db"] < 60
     assert -1 <= metrics["ssim"] <= 1
