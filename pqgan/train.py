@@ -4,6 +4,7 @@
     pqgan-train --config f8_k512_d128_s64 --data /path/to/images --out runs/f8 --set train.batch_size=16
     torchrun --nproc_per_node 8 -m pqgan.train --config f8_k512_d128_s64 --data DIR --out runs/f8
     pqgan-train --out runs/f8 --resume          # continue from runs/f8/checkpoints (its saved config)
+    pqgan-train --out runs/f8 --fresh           # start over in a run dir with checkpoints (old run moved aside)
 
 Each step makes one generator update (reconstruction + perceptual + GAN + quantiser loss, Adam) and one
 discriminator update (second Adam). Under DDP (env vars from torchrun; gloo on CPU, nccl on GPU) the autoencoder is
@@ -14,7 +15,10 @@ Outputs in --out: config.yaml, metrics.jsonl (one JSON record per log step, incl
 samples/step_XXXXXXXX.png (per row: input | reconstruction), checkpoints/ (see ``pqgan.checkpoint``).
 ``--resume`` restores weights, both optimizers, the step and every RNG state, and skips the batches already seen in
 the current epoch; data order and augmentation are functions of (seed, epoch, position), so a resumed run reproduces
-an uninterrupted one exactly.
+an uninterrupted one exactly. It uses ``last.json``'s checkpoint, or -- when that is missing, unreadable or names a
+damaged checkpoint -- the newest complete one (and says so); it never starts over in a run directory that holds
+checkpoints, and neither does a run without ``--resume``: that needs ``--fresh``, which first moves the old run's
+files into OUT/previous-<UTC time>/. Unreadable images are skipped and counted (``skipped_files`` in metrics.jsonl).
 """
 from __future__ import annotations
 
@@ -34,6 +38,7 @@ from torch.utils.data import DataLoader, DistributedSampler
 
 from . import checkpoint as ckpt
 from .config import Config, apply_overrides, load_config
+from .data import TooManyBadImages
 
 DEFAULT_CONFIG = "tiny_f8_pq"
 
@@ -201,12 +206,56 @@ def _truncate_log(path: str, last_step: int) -> None:
     ckpt.atomic_write_bytes(path, "".join(kept).encode())
 
 
+def _say(message: str) -> None:
+    if int(os.environ.get("RANK", "0")) == 0:
+        print(f"pqgan-train: {message}", file=sys.stderr)
+
+
+def set_aside_previous_run(out: str) -> Optional[str]:
+    """Move OUT's checkpoints/, metrics.jsonl, config.yaml and samples/ into OUT/previous-<UTC time>/ (nothing is
+    deleted). Returns that folder, or None when there was nothing to move."""
+    names = [n for n in ("checkpoints", "metrics.jsonl", "config.yaml", "samples")
+             if os.path.lexists(os.path.join(out, n))]
+    if not names:
+        return None
+    stamp = time.strftime("%Y%m%d-%H%M%S", time.gmtime())
+    dest = os.path.join(out, f"previous-{stamp}")
+    n = 1
+    while os.path.lexists(dest):
+        dest, n = os.path.join(out, f"previous-{stamp}-{n}"), n + 1
+    os.makedirs(dest)
+    for name in names:
+        os.replace(os.path.join(out, name), os.path.join(dest, name))
+    return dest
+
+
 def resolve_config(args: argparse.Namespace) -> tuple[Config, Optional[str]]:
-    """The run's Config (the checkpoint's when resuming) with --set/--steps/--data applied, and the checkpoint."""
+    """The run's Config (the checkpoint's when resuming) with --set/--steps/--data applied, and the checkpoint.
+
+    ValueError (changing nothing on disk) for --resume in a run directory whose checkpoints are all damaged, and
+    for a run without --resume or --fresh in one that holds checkpoints.
+    """
     resume_from = None
     ckpt_root = os.path.join(args.out, "checkpoints")
-    if args.resume and ckpt.has_checkpoint(ckpt_root):
-        resume_from = ckpt.resolve_checkpoint(ckpt_root)
+    fresh = getattr(args, "fresh", False)
+    if args.resume and fresh:
+        raise ValueError("--resume and --fresh contradict each other: choose one")
+    if args.resume:
+        resume_from, notes = ckpt.find_checkpoint(ckpt_root)
+        if resume_from is None and ckpt.holds_checkpoints(ckpt_root):
+            raise ValueError(f"{ckpt_root} holds checkpoints but none is complete ({'; '.join(notes)}); nothing "
+                             f"was changed. Repair one, or start over with --fresh instead of --resume (the old "
+                             f"files are moved to {args.out}/previous-<time>, not deleted)")
+        for note in notes:
+            _say(note)
+        if resume_from is None:
+            _say(f"no checkpoint in {ckpt_root}, starting from scratch")
+    elif ckpt.holds_checkpoints(ckpt_root) and not fresh:
+        newest = (ckpt.step_dirs(ckpt_root) or [ckpt.LAST])[0]
+        raise ValueError(f"{ckpt_root} already holds checkpoints (newest: {newest}); pass --resume to continue "
+                         f"that run, or --fresh to start over (the old files are moved to "
+                         f"{args.out}/previous-<time>, not deleted)")
+    if resume_from is not None:
         cfg = Config.from_dict(ckpt.read_json(os.path.join(resume_from, ckpt.CONFIG_FILE)))
     else:
         cfg = load_config(args.config or DEFAULT_CONFIG)
@@ -307,7 +356,12 @@ def train(cfg: Config, out: str, *, resume_from: Optional[str] = None, device: O
     model.train()
     loss_fn.train()
     while step < tc.steps:
-        img = next(data).to(device, non_blocking=True)
+        try:
+            img = next(data).to(device, non_blocking=True)
+        except TooManyBadImages:                         # keep the work done so far, then stop
+            if not info.enabled and step > 0 and last_saved != step:
+                save(step)
+            raise
         # generator update
         disc.requires_grad_(False)
         with autocast():
@@ -345,6 +399,8 @@ def train(cfg: Config, out: str, *, resume_from: Optional[str] = None, device: O
                            "time/sec_per_step": (now - t_last) / steps_since,
                            "time/images_per_sec": steps_since * img.shape[0] * info.world_size / (now - t_last)})
             t_last, steps_since = now, 0
+            if hasattr(dataset, "skipped_files"):
+                record["skipped_files"] = dataset.skipped_files
             warning = collapse.update(q.stats.perplexity, q.stats.usage, q.indices.numel() // q.indices.shape[-1])
             record["quant/perplexity_min"] = _float(q.stats.perplexity.min())
             record["quant/collapsed"] = collapse.collapsed
@@ -377,7 +433,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="override a config value, e.g. --set model.codebook_size=256 (repeatable)")
     p.add_argument("--data", default=None, help="image folder (default: train.data_root, else the built-in photos)")
     p.add_argument("--out", required=True, help="run directory (config, metrics.jsonl, samples, checkpoints)")
-    p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoints if a checkpoint exists")
+    p.add_argument("--resume", action="store_true",
+                   help="continue from OUT/checkpoints (last.json's checkpoint, else the newest complete one); "
+                        "starts from scratch only when OUT holds no checkpoint at all")
+    p.add_argument("--fresh", action="store_true",
+                   help="start from step 0 although OUT holds checkpoints: the old run's files are first moved to "
+                        "OUT/previous-<UTC time>/ (nothing is deleted)")
     p.add_argument("--steps", type=int, default=None, help="total training steps (overrides train.steps)")
     p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
     p.add_argument("--keep-checkpoints", action="store_true", help="keep every numbered checkpoint, not only the last")
@@ -392,10 +453,15 @@ def run(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
         cfg, resume_from = resolve_config(args)
     except (ValueError, TypeError, FileNotFoundError) as e:
         raise SystemExit(f"pqgan-train: {e}")
-    if args.resume and resume_from is None:
-        print(f"pqgan-train: no checkpoint in {args.out}/checkpoints, starting from scratch", file=sys.stderr)
-    result = train(cfg, args.out, resume_from=resume_from, device=args.device, progress=not args.no_progress,
-                   keep_checkpoints=args.keep_checkpoints)
+    if args.fresh and int(os.environ.get("RANK", "0")) == 0:
+        moved = set_aside_previous_run(args.out)
+        if moved is not None:
+            _say(f"--fresh: moved the previous run's files to {moved}")
+    try:
+        result = train(cfg, args.out, resume_from=resume_from, device=args.device, progress=not args.no_progress,
+                       keep_checkpoints=args.keep_checkpoints)
+    except TooManyBadImages as e:
+        raise SystemExit(f"pqgan-train: {e}")
     info = result["info"]
     if info.owns_group:
         dist.destroy_process_group()
