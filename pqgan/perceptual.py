@@ -5,7 +5,9 @@
 
 * "lpips": the ``lpips`` package (Zhang et al. 2018). Its linear heads ship with the package, but its ImageNet
   backbone comes from torchvision's download cache; it is used ONLY when that file is already in the torch hub
-  cache (``torch.hub.get_dir()/checkpoints``) -- nothing is ever downloaded.
+  cache (``torch.hub.get_dir()/checkpoints``) -- nothing is ever downloaded. Both files are loaded here with
+  ``torch.load(weights_only=True)`` (never through torchvision's hub loader, which unpickles arbitrary objects):
+  a file holding anything but tensors is refused with an error naming it, and no code in it runs.
 * "stlpips": shift-tolerant LPIPS (Ghildyal & Liu, ECCV 2022). The ``stlpips-pytorch`` wheel bundles complete
   weights (backbone + linear heads) in ``stlpips_pytorch/weights/vST0.0/{alex,vgg}_shift_tolerant.pth``. Its
   Python module imports IPython and torchsummary, so the network is rebuilt here (same layer layout and state-dict
@@ -143,7 +145,7 @@ class STLPIPS(nn.Module):
         self.lins = nn.ModuleList(nn.Conv2d(c, 1, 1, bias=False) for c in self.chns)
         self.register_buffer("shift", torch.tensor([-0.030, -0.088, -0.188]).view(1, 3, 1, 1))
         self.register_buffer("scale", torch.tensor([0.458, 0.448, 0.450]).view(1, 3, 1, 1))
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        state = load_weights(path)
         remapped = {}
         for key, value in state.items():
             if key.startswith("scaling_layer."):
@@ -170,8 +172,52 @@ class STLPIPS(nn.Module):
         return total
 
 
+def load_weights(path: os.PathLike) -> dict:
+    """A state dict of tensors from a torch file, with ``weights_only=True`` (never runs code in the file).
+    RuntimeError naming the file when it is missing, damaged or holds anything but plain tensors."""
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001  (UnpicklingError, RuntimeError, EOFError, OSError, ...)
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise RuntimeError(f"{path}: not a plain weights file, refused ({type(e).__name__}: {first})") from None
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise RuntimeError(f"{path}: not a state dict of tensors")
+    return state
+
+
+def lpips_heads_path(net: str = "vgg") -> Path:
+    """The linear-head weights the ``lpips`` package ships (``lpips/weights/v0.1/<net>.pth``)."""
+    _check_net(net)
+    spec = importlib.util.find_spec("lpips")
+    if spec is None or not spec.submodule_search_locations:
+        raise RuntimeError("the lpips package is not installed (pip install lpips)")
+    return Path(list(spec.submodule_search_locations)[0]) / "weights" / "v0.1" / f"{net}.pth"
+
+
+def _load_lpips_weights(model: nn.Module, net: str) -> None:
+    """Fill an ``lpips.LPIPS(pretrained=False, pnet_rand=True)`` with the cached torchvision backbone and the
+    package's linear heads, every tensor checked for presence and shape."""
+    backbone_path, heads_path = lpips_backbone_path(net), lpips_heads_path(net)
+    backbone, heads = load_weights(backbone_path), load_weights(heads_path)
+    target = {}
+    for name, param in model.net.named_parameters():          # "slice2.3.weight" <- "features.3.weight"
+        _, index, kind = name.split(".")
+        source = f"features.{index}.{kind}"
+        if source not in backbone or backbone[source].shape != param.shape:
+            raise RuntimeError(f"{backbone_path}: not the torchvision {net} weights ({source} missing or of "
+                               f"another shape)")
+        target[f"net.{name}"] = backbone[source]
+    for name, param in model.named_parameters():
+        if name.startswith("lin"):
+            if name not in heads or heads[name].shape != param.shape:
+                raise RuntimeError(f"{heads_path}: not the LPIPS {net} linear heads ({name} missing)")
+            target[name] = heads[name]
+    model.load_state_dict(target, strict=False)   # the rest: "lins.*" (aliases of lin0..), scaling buffers
+
+
 class _LPIPSWrapper(nn.Module):
-    """The ``lpips`` package's LPIPS (backbone from the local torch hub cache), forward(x, y) -> (B,)."""
+    """The ``lpips`` package's LPIPS network with weights loaded by ``_load_lpips_weights`` (backbone from the
+    local torch hub cache, never downloaded, never unpickled), forward(x, y) -> (B,)."""
 
     def __init__(self, net: str = "vgg"):
         super().__init__()
@@ -179,8 +225,13 @@ class _LPIPSWrapper(nn.Module):
             raise RuntimeError(f"LPIPS needs the torchvision {net} backbone in the local cache "
                                f"({lpips_backbone_path(net)}); it is not there and will not be downloaded. "
                                f"Use perceptual='stlpips' or 'none'.")
+        import warnings
+
         import lpips
-        self.model = lpips.LPIPS(net=net, pretrained=True, verbose=False)
+        with warnings.catch_warnings():                      # torchvision's deprecation note for pretrained=False
+            warnings.simplefilter("ignore", UserWarning)
+            self.model = lpips.LPIPS(net=net, pretrained=False, pnet_rand=True, verbose=False)
+        _load_lpips_weights(self.model, net)
         self.name = f"LPIPS-{net}"
         self.requires_grad_(False)
         self.eval()
@@ -213,5 +264,5 @@ def build_perceptual(kind: str = "auto", net: str = "vgg") -> Optional[nn.Module
     raise ValueError(f"perceptual must be one of ('auto', 'lpips', 'stlpips', 'none'), got {kind!r}")
 
 
-__all__ = ["STLPIPS", "BlurDownsample", "build_perceptual", "lpips_available", "lpips_backbone_path",
-           "stlpips_available", "stlpips_weights_path"]
+__all__ = ["STLPIPS", "BlurDownsample", "build_perceptual", "load_weights", "lpips_available",
+           "lpips_backbone_path", "lpips_heads_path", "stlpips_available", "stlpips_weights_path"]
