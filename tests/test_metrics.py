@@ -1,4 +1,5 @@
 """Evaluation metrics against known values (CPU, fast)."""
+import json
 import math
 
 import numpy as np
@@ -126,3 +127,142 @@ def test_inception_features_on_real_images():
     assert f.shape == (2, 2048) and torch.isfinite(f).all() and f.abs().sum() > 0
     torch.testing.assert_close(net(x[:1]), f[:1], rtol=1e-4, atol=1e-4)   # batch-independent
     assert (f[0] - f[1]).abs().max() > 1e-3                                # image-dependent
+
+
+# --- values known by hand ------------------------------------------------------------------------------------------
+
+def _constant(value, shape=(1, 3, 16, 16)):
+    return torch.full(shape, value, dtype=torch.float64)
+
+
+@pytest.mark.parametrize("a,b", [(0.2, 0.6), (1.0, 0.5), (0.0, 0.3)])
+def test_ssim_of_constant_images_is_the_luminance_term(a, b):
+    """No variance: SSIM = (2ab + C1) / (a^2 + b^2 + C1) with C1 = (0.01 L)^2; PSNR = -10 log10((a - b)^2)."""
+    c1 = 0.01 ** 2
+    assert M.ssim(_constant(a), _constant(b)).item() == pytest.approx((2 * a * b + c1) / (a * a + b * b + c1),
+                                                                        rel=1e-12)
+    assert M.psnr(_constant(a), _constant(b)).item() == pytest.approx(-10 * math.log10((a - b) ** 2), rel=1e-12)
+    # on a data range of 2 the same pair is 20 log10(2) = 6.02 dB better and C1 is 4x larger
+    assert M.psnr(_constant(a), _constant(b), data_range=2.0).item() == pytest.approx(
+        -10 * math.log10((a - b) ** 2) + 20 * math.log10(2), rel=1e-12)
+    c1 = (0.01 * 2) ** 2
+    assert M.ssim(_constant(a), _constant(b), data_range=2.0).item() == pytest.approx(
+        (2 * a * b + c1) / (a * a + b * b + c1), rel=1e-12)
+
+
+def test_gaussian_window():
+    g = M.gaussian_window(11, 1.5)
+    assert g.sum().item() == pytest.approx(1.0) and g.argmax().item() == 5 and torch.equal(g, g.flip(0))
+    assert g[5].item() / g[4].item() == pytest.approx(math.exp(1 / (2 * 1.5 ** 2)), rel=1e-12)
+    assert g[5].item() / g[0].item() == pytest.approx(math.exp(25 / (2 * 1.5 ** 2)), rel=1e-12)
+
+
+def test_to_unit_maps_and_clamps():
+    x = torch.tensor([-1.5, -1.0, 0.0, 0.5, 1.0, 2.0])
+    assert M.to_unit(x).tolist() == [0.0, 0.0, 0.5, 0.75, 1.0, 1.0]
+
+
+def test_psnr_zero_error_is_infinite_and_accumulator_stays_finite():
+    x = _images(9, (2, 3, 16, 16))
+    assert torch.isinf(M.psnr(x, x)).all()
+    acc = M.MetricAccumulator(4, 1)
+    acc.update(x, x)
+    out = acc.compute()
+    assert out["psnr_mean_per_image_db"] == pytest.approx(200.0)     # MSE clamped at 1e-20
+    assert out["ssim"] == pytest.approx(1.0) and out["image_size"] == [16, 16] and "codebook_usage_mean" not in out
+
+
+def test_accumulator_perceptual_mean_and_name():
+    dist = lambda x, y: (x - y).abs().flatten(1).mean(1)          # noqa: E731
+    acc = M.MetricAccumulator(4, 1, perceptual=dist, perceptual_name="L1-stand-in")
+    x = _images(10, (3, 3, 16, 16))
+    acc.update(x[:2], x[:2] + 0.1)
+    acc.update(x[2:], x[2:] + 0.4)
+    assert acc.compute()["L1-stand-in"] == pytest.approx((0.1 + 0.1 + 0.4) / 3)
+
+
+def test_kid_is_unbiased_mmd_with_the_cubic_kernel():
+    """KID on 3 + 3 two-dimensional features, all pairs (one subset of every image), by the formula written out."""
+    real = np.array([[0.0, 1.0], [1.0, 0.0], [1.0, 1.0]])
+    fake = np.array([[0.5, 0.5], [2.0, 0.0], [0.0, 0.0]])
+    k = lambda a, b: (a @ b / 2 + 1) ** 3                         # noqa: E731
+    n = 3
+    rr = sum(k(real[i], real[j]) for i in range(n) for j in range(n) if i != j) / (n * (n - 1))
+    ff = sum(k(fake[i], fake[j]) for i in range(n) for j in range(n) if i != j) / (n * (n - 1))
+    rf = sum(k(real[i], fake[j]) for i in range(n) for j in range(n)) / (n * n)
+    mean, std = M.kid_from_features(real, fake, subsets=3, subset_size=3)
+    assert mean == pytest.approx(rr + ff - 2 * rf, rel=1e-12) and std == pytest.approx(0.0, abs=1e-12)
+
+
+def test_fid_of_gaussians_with_known_covariances():
+    """Exact sample statistics: means 0 and m, covariances I and 4I -> |m|^2 + F + 4F - 2 * 2F = |m|^2 + F."""
+    base = np.array([[1.0, 1.0], [1.0, -1.0], [-1.0, 1.0], [-1.0, -1.0]])   # mean 0, sample covariance 4/3 I
+    real = base
+    fake = 2 * base + np.array([3.0, 0.0])
+    cov = 4 / 3
+    expected = 9.0 + 2 * cov + 2 * 4 * cov - 2 * 2 * (2 * cov)
+    assert M.fid_from_features(real, fake) == pytest.approx(expected, rel=1e-9)
+
+
+# --- through the evaluation CLI -----------------------------------------------------------------------------------
+
+COLORS = {"white": 255, "black": 0, "gray": 51}          # [0, 1] values 1, 0, 0.2
+
+
+@pytest.fixture(scope="module")
+def constant_run(tmp_path_factory):
+    """Three constant-colour 40x36 PNGs and a checkpoint of a tiny PQGAN whose decoder outputs 0.2 everywhere
+    (conv_out weight 0, bias 0.2 in [-1, 1]): its reconstruction is 0.6 in [0, 1] whatever the input."""
+    from PIL import Image
+
+    from pqgan import PQGAN
+    from pqgan import checkpoint as ckpt
+    from pqgan.config import apply_overrides, load_config
+    root = tmp_path_factory.mktemp("consts")
+    data = root / "images"
+    data.mkdir()
+    for name, v in COLORS.items():
+        Image.fromarray(np.full((40, 36, 3), v, dtype=np.uint8)).save(data / f"{name}.png")
+    cfg = apply_overrides(load_config("tiny_f8_pq"), ["model.resolution=32", "train.resolution=32",
+                                                      "loss.perceptual=none", "model.ch=16", "model.z_channels=16"])
+    model = PQGAN(cfg.model)
+    with torch.no_grad():
+        model.decoder.conv_out.weight.zero_()
+        model.decoder.conv_out.bias.fill_(0.2)
+    ckpt.save_checkpoint(str(root / "run" / "checkpoints"), step=7, model=model, config=cfg.to_dict())
+    return root
+
+
+def test_eval_cli_psnr_and_ssim_on_known_pairs(constant_run, capsys):
+    from pqgan.evaluate import run
+    out = constant_run / "eval"
+    run([str(constant_run / "run"), "--data", str(constant_run / "images"), "--split", "all", "--out", str(out),
+         "--no-fid", "--perceptual", "none", "--batch-size", "2", "--device", "cpu"])
+    m = json.load(open(out / "metrics.json"))
+    assert m["num_images"] == 3 and m["step"] == 7 and m["image_size"] == [32, 32]
+    reals = [v / 255 for v in COLORS.values()]
+    mses = [(r - 0.6) ** 2 for r in reals]                            # 0.16, 0.36, 0.16
+    assert m["psnr_mean_per_image_db"] == pytest.approx(np.mean([-10 * math.log10(e) for e in mses]), abs=1e-5)
+    assert m["psnr_pooled_db"] == pytest.approx(-10 * math.log10(np.mean(mses)), abs=1e-5)
+    c1 = 1e-4
+    ssims = [(2 * r * 0.6 + c1) / (r * r + 0.36 + c1) for r in reals]
+    assert m["ssim"] == pytest.approx(np.mean(ssims), abs=1e-5)
+    assert m["bits_per_image"] == 4 * 4 * 8 * 6 and m["bits_per_pixel"] == pytest.approx(768 / 1024)
+    assert m["latent_size"] == [4, 4] and m["codebook_size"] == 64 and m["num_subspaces"] == 8
+    assert "psnr_pooled_db" in capsys.readouterr().out
+
+
+def test_eval_cli_perceptual_distance_on_known_pairs(constant_run):
+    """The perceptual metric equals the network applied to the [-1, 1] images directly."""
+    from pqgan.evaluate import run
+    from pqgan.perceptual import build_perceptual, stlpips_available
+    if not stlpips_available("alex"):
+        pytest.skip("stlpips-pytorch not installed")
+    out = constant_run / "eval-p"
+    m = run([str(constant_run / "run"), "--data", str(constant_run / "images"), "--split", "all", "--out",
+             str(out), "--no-fid", "--perceptual", "stlpips", "--device", "cpu"])
+    net = build_perceptual("stlpips", "alex")
+    reals = torch.stack([torch.full((3, 32, 32), v / 255 * 2 - 1) for v in COLORS.values()])
+    with torch.no_grad():
+        expected = net(reals, torch.full_like(reals, 0.2)).double().mean().item()
+    assert m[net.name] == pytest.approx(expected, rel=1e-4, abs=1e-6) and expected > 0.01
