@@ -64,3 +64,18 @@ def test_unpack_rejects_wrong_size_and_dtype():
         unpack_indices(torch.zeros(3, 5, dtype=torch.uint8), 64, 512)
     with pytest.raises(TypeError, match="uint8"):
         unpack_indices(torch.zeros(3, 72, dtype=torch.int64), 64, 512)
+
+
+@pytest.mark.parametrize("S,K", [(5, 257), (4, 1)])
+def test_pack_and_unpack_stay_on_the_input_device(S, K):
+    """Every intermediate is made on the input's device (meta tensors: shapes only, no CPU tensor may mix in)."""
+    idx = torch.zeros(2, 3, S, dtype=torch.long, device="meta")
+    packed = pack_indices(idx, K)
+    assert packed.device.type == "meta" and packed.shape == (2, 3, packed_bytes(S, K))
+    out = unpack_indices(packed, S, K)
+    assert out.device.type == "meta" and out.shape == (2, 3, S) and out.dtype == torch.int64
+
+
+def test_unpack_error_names_the_sizes():
+    with pytest.raises(ValueError, match=r"expected 72 bytes per position for S=64, K=512, got 5$"):
+        unpack_indices(torch.zeros(3, 5, dtype=torch.uint8), 64, 512)
