@@ -34,12 +34,14 @@ from .metrics import InceptionFeatures, MetricAccumulator, inception_weights_pat
 
 
 def build_eval_dataset(cfg: Config, root: Optional[str], split: str, resolution: int,
-                       resize_to: Optional[tuple[int, int]] = None):
+                       resize_to: Optional[tuple[int, int]] = None, max_bad_fraction: Optional[float] = None):
     """Evaluation images, never augmented: centre crop of side ``resolution``, or the whole image resized to
-    ``resize_to`` (height, width)."""
-    from .data import build_dataset
+    ``resize_to`` (height, width). Unreadable files are dropped and counted (``TooManyBadImages`` past
+    ``max_bad_fraction``, default ``pqgan.data.MAX_BAD_FRACTION``)."""
+    from .data import MAX_BAD_FRACTION, build_dataset
     return build_dataset(root=root, resolution=resolution, split=split, val_fraction=cfg.train.val_fraction,
-                         random_crop=False, flip=False, resize_to=resize_to, on_bad="drop")
+                         random_crop=False, flip=False, resize_to=resize_to, on_bad="drop",
+                         max_bad_fraction=MAX_BAD_FRACTION if max_bad_fraction is None else max_bad_fraction)
 
 
 def _collate_readable(items):
@@ -166,6 +168,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--perceptual", default=None, choices=["auto", "lpips", "stlpips", "none"],
                    help="perceptual network (default: the config's loss.perceptual)")
     p.add_argument("--no-fid", action="store_true", help="skip FID/KID (Inception-v3 on every image)")
+    p.add_argument("--max-bad-fraction", type=float, default=None, metavar="F",
+                   help="stop when more than this fraction of the image files cannot be read (default 0.01); "
+                        "fewer are left out with a warning each and counted in metrics.json (skipped_files)")
     p.add_argument("--no-official-lpips", action="store_true",
                    help="skip the official LPIPS-alex (or ST-LPIPS-alex) metric")
     p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
@@ -196,7 +201,8 @@ def run(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
         raise SystemExit(f"pqgan-eval: {e}")
     resolution = args.resolution or cfg.train.resolution
     try:
-        dataset = build_eval_dataset(cfg, args.data, args.split, resolution, resize_to=args.resize)
+        dataset = build_eval_dataset(cfg, args.data, args.split, resolution, resize_to=args.resize,
+                                     max_bad_fraction=args.max_bad_fraction)
     except (FileNotFoundError, ValueError, TooManyBadImages) as e:
         raise SystemExit(f"pqgan-eval: {e}")
     perceptual = _perceptual(args.perceptual, cfg)

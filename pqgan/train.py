@@ -160,12 +160,15 @@ class ResumableBatches:
             epoch, skip = epoch + 1, 0
 
 
-def build_train_dataset(cfg: Config):
-    from .data import build_dataset
+def build_train_dataset(cfg: Config, max_bad_fraction: Optional[float] = None):
+    """The training split; unreadable files are skipped and counted, ``TooManyBadImages`` past
+    ``max_bad_fraction`` (default ``pqgan.data.MAX_BAD_FRACTION``)."""
+    from .data import MAX_BAD_FRACTION, build_dataset
     r = cfg.train.resolution
     return build_dataset(root=cfg.train.data_root, resolution=r, split="train",
                          val_fraction=cfg.train.val_fraction,
-                         resize_to=(r, r) if cfg.train.preprocess == "resize" else None)
+                         resize_to=(r, r) if cfg.train.preprocess == "resize" else None,
+                         max_bad_fraction=MAX_BAD_FRACTION if max_bad_fraction is None else max_bad_fraction)
 
 
 # --- helpers -------------------------------------------------------------------------------------------------------
@@ -436,6 +439,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", action="store_true",
                    help="continue from OUT/checkpoints (last.json's checkpoint, else the newest complete one); "
                         "starts from scratch only when OUT holds no checkpoint at all")
+    p.add_argument("--max-bad-fraction", type=float, default=None, metavar="F",
+                   help="stop when more than this fraction of the image files cannot be read (default 0.01); "
+                        "fewer are skipped with a warning each and counted as skipped_files")
     p.add_argument("--fresh", action="store_true",
                    help="start from step 0 although OUT holds checkpoints: the old run's files are first moved to "
                         "OUT/previous-<UTC time>/ (nothing is deleted)")
@@ -458,8 +464,9 @@ def run(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
         if moved is not None:
             _say(f"--fresh: moved the previous run's files to {moved}")
     try:
+        dataset = build_train_dataset(cfg, args.max_bad_fraction)
         result = train(cfg, args.out, resume_from=resume_from, device=args.device, progress=not args.no_progress,
-                       keep_checkpoints=args.keep_checkpoints)
+                       keep_checkpoints=args.keep_checkpoints, dataset=dataset)
     except TooManyBadImages as e:
         raise SystemExit(f"pqgan-train: {e}")
     info = result["info"]
