@@ -269,7 +269,8 @@ def save_checkpoint(root: str, *, step: int, model: torch.nn.Module, config: Map
         write(STATE_FILE, _json_bytes({
             "step": int(step), "rng": rng_states if rng_states is not None else [capture_rng_state()],
             **dict(state or {})}))
-        atomic_write_json(os.path.join(tmp, MANIFEST_FILE), {"format": 1, "step": int(step), "files": manifest})
+        atomic_write_json(os.path.join(tmp, MANIFEST_FILE), {"format": 1, "step": int(step), "files": manifest,
+                                                             "digest": _manifest_digest(manifest)})
         _fsync_dir(tmp)
         revision = 0
         while os.path.exists(final):  # the same step saved again: never touch the published one
@@ -342,6 +343,11 @@ def _sha256_of(path: str) -> str:
     return h.hexdigest()
 
 
+def _manifest_digest(files: Mapping[str, Any]) -> str:
+    """SHA-256 of the manifest's file table (canonical JSON), stored beside it so a damaged table is caught."""
+    return hashlib.sha256(json.dumps(files, sort_keys=True).encode()).hexdigest()
+
+
 def read_manifest(ckpt_dir: str) -> Optional[Dict[str, Dict[str, Any]]]:
     """{file: {"bytes", "sha256"}} of a checkpoint, or None for one written before manifests existed."""
     path = os.path.join(ckpt_dir, MANIFEST_FILE)
@@ -352,6 +358,8 @@ def read_manifest(ckpt_dir: str) -> Optional[Dict[str, Dict[str, Any]]]:
     if not isinstance(files, dict) or not all(isinstance(v, dict) and "bytes" in v and "sha256" in v
                                               for v in files.values()):
         raise CheckpointError(f"{path}: not a checkpoint manifest (no 'files' table)")
+    if record.get("digest") != _manifest_digest(files):
+        raise CheckpointError(f"{path}: damaged (its file table does not match its digest)")
     return files
 
 
