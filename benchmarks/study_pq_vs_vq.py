@@ -6,6 +6,8 @@ quantiser numbers (D = embed_dim, S = num_subspaces, d = D / S, K = codebook_siz
 (alex trunk, the bundled shift-tolerant weights) + the quantiser loss; **no GAN** (loss.disc_weight = 0).
 Codebooks are trained by gradient (the paper's recipe) and initialised by k-means++ on the first batch in every run
 (``--no-kmeans-init`` keeps the N(0, 1) init, under which VQ collapses to a single code at this budget).
+``--vq-dead-code-threshold T`` also restarts the VQ (S=1) runs' codes whose running usage falls below T assignments
+per batch (the fixed VQ baseline of issue 17; 0, the default, is the original study).
 
 Groups of runs (a run shared by two groups is trained once):
     s_sweep : D=128, K=256, S in {1 (VQ), 4, 16, 64 (d=2), 128 (d=1, SQ)}
@@ -63,7 +65,7 @@ PRESETS: Dict[str, Dict[str, Any]] = {
 }
 # Budget keys a stored run must match to be reused.
 BUDGET_KEYS = ("steps", "batch_size", "crop", "scale", "lr", "seed", "eval_images", "eval_crop", "perceptual",
-               "kmeans_init")
+               "kmeans_init", "vq_dead_code_threshold")
 
 
 @dataclass(frozen=True)
@@ -128,6 +130,7 @@ def run_config(spec: RunSpec, budget: Dict[str, Any]) -> Config:
         f"loss.perceptual={budget['perceptual']}", "loss.perceptual_net=alex", "loss.disc_weight=0",
         f"train.steps={budget['steps']}", f"train.batch_size={budget['batch_size']}", f"train.lr={budget['lr']}",
         f"train.resolution={budget['crop']}", f"train.seed={budget['seed']}",
+        f"model.dead_code_threshold={budget['vq_dead_code_threshold'] if spec.S == 1 else 0.0}",
     ])
 
 
@@ -429,6 +432,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="perceptual loss/metric network (alex trunk)")
     p.add_argument("--no-kmeans-init", action="store_true",
                    help="keep the N(0,1) codebook init (default: k-means++ on the first batch, for every run)")
+    p.add_argument("--vq-dead-code-threshold", type=float, default=0.0,
+                   help="dead-code restarts for the VQ (S=1) runs: running usage threshold (default 0: off)")
     p.add_argument("--runs", default=None, help="comma list of run names or groups (default: all)")
     p.add_argument("--data", default=photo_dir(),
                    help=f"BSDS500 folder (train/, val/, test/ inside; default: ${PHOTOS_ENV})")
@@ -454,7 +459,7 @@ def resolve_budget(args: argparse.Namespace) -> Dict[str, Any]:
         if value is not None:
             budget[key] = value
     budget.update(seed=args.seed, perceptual=args.perceptual, log_every=args.log_every,
-                  kmeans_init=not args.no_kmeans_init)
+                  kmeans_init=not args.no_kmeans_init, vq_dead_code_threshold=args.vq_dead_code_threshold)
     for key in ("crop", "eval_crop"):
         if budget[key] % 8 or budget[key] < 16:
             raise SystemExit(f"--{key.replace('_', '-')} must be a multiple of 8 and >= 16, got {budget[key]}")

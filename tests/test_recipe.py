@@ -89,3 +89,13 @@ def test_one_training_step_sees_the_recipe_images(tmp_path, one_photo, monkeypat
     out = seen["model_out"]                                            # the model's [-1, 1] reconstruction
     want_recon = ((out + 1) / 2 - mean) / std if normalized else out
     torch.testing.assert_close(seen["recon"], want_recon, atol=1e-5, rtol=0)
+
+
+def test_every_vq_config_has_a_setting_against_collapse():
+    """S=1 with the N(0, 1) init and nothing else collapses to one code (issue 17): every VQ config opts out."""
+    from pqgan.config import available_configs
+    vq = [n for n in available_configs() if load_config(n).model.num_subspaces == 1]
+    assert set(vq) >= {"tiny_f8_vq", "f8_vq_k16384_d8", "f16_vq_k16384_d8"}
+    for name in vq:
+        m = load_config(name).model
+        assert m.kmeans_init and m.dead_code_threshold > 0, name
