@@ -78,4 +78,4 @@ def test_pack_and_unpack_stay_on_the_input_device(S, K):
 
 def test_unpack_error_names_the_sizes():
     with pytest.raises(ValueError, match=r"expected 72 bytes per position for S=64, K=512, got 5$"):
-        unpack_indices(torch.zeros(3, 5, dtype=torch.uint8), 64, 512)
+        unpack_indices(torch.zeros(2, 3, 5, dtype=torch.uint8), 64, 512)
