@@ -199,14 +199,16 @@ def _truncate_log(path: str, last_step: int) -> None:
     if not os.path.isfile(path):
         return
     kept = []
-    with open(path) as f:
-        for line in f:
+    with open(path, "rb") as f:
+        for raw in f:
             try:
-                if json.loads(line).get("step", 0) <= last_step:
-                    kept.append(line)
-            except json.JSONDecodeError:
-                continue  # a torn last line
-    ckpt.atomic_write_bytes(path, "".join(kept).encode())
+                record = json.loads(raw.decode("utf-8"))
+            except (UnicodeDecodeError, json.JSONDecodeError):
+                continue  # a torn last line, or bytes that are no log record at all
+            step = record.get("step", 0) if isinstance(record, dict) else None
+            if isinstance(step, int) and step <= last_step:
+                kept.append(raw if raw.endswith(b"\n") else raw + b"\n")
+    ckpt.atomic_write_bytes(path, b"".join(kept))
 
 
 def _say(message: str) -> None:

@@ -31,13 +31,13 @@ def image_dir(tmp_path_factory):
     return str(root)
 
 
-def _train(out, steps, image_dir, resume=False):
+def _train(out, steps, image_dir, resume=False, extra=()):
     from pqgan.train import run
     argv = ["--config", "tiny_f8_pq", "--out", str(out), "--steps", str(steps), "--data", image_dir,
             "--device", "cpu", "--no-progress"]
     for item in SETTINGS:
         argv += ["--set", item]
-    return run(argv + (["--resume"] if resume else []))
+    return run(argv + (["--resume"] if resume else []) + list(extra))
 
 
 def _log(path):
@@ -103,6 +103,6 @@ def test_without_resume_the_second_run_starts_over(tmp_path, image_dir, runs):
     above can fail)."""
     _, straight, _ = runs
     _train(tmp_path / "c", 2, image_dir)
-    fresh = _train(tmp_path / "c", 5, image_dir)               # no --resume: starts again from step 0
+    fresh = _train(tmp_path / "c", 5, image_dir, extra=["--fresh"])   # no --resume: starts again from step 0
     assert not torch.equal(fresh["model"].quantizer.codebooks, straight["model"].quantizer.codebooks) or \
         any(not torch.equal(v, straight["model"].state_dict()[k]) for k, v in fresh["model"].state_dict().items())
