@@ -8,8 +8,9 @@ A contender prepares, for one ``Case`` (inputs of one config), a zero-argument c
 
 or a string: the reason it cannot run that measurement. ``unavailable(device)`` says why a contender cannot run
 at all here (not installed, wrong device), ``est_bytes(case, what)`` / ``est_seconds(case, what)`` estimate its
-largest memory use / the time of one call so the benchmark can skip what would not fit. Set-up work (module construction, torch.compile) happens in the
-preparing call, not in the timed callable.
+largest memory use / the time of one call so the benchmark can skip what would not fit, and ``rows_for`` picks
+fewer rows for a contender that materialises the (N, S, K) distances (``reducible``) when the full N would not fit.
+Set-up work (module construction, torch.compile) happens in the preparing call, not in the timed callable.
 """
 from __future__ import annotations
 
@@ -48,6 +49,13 @@ class Case:
     def nsk(self) -> int:
         return self.N * self.cfg.S * self.cfg.K
 
+    def head(self, n: int) -> "Case":
+        """The same case on its first n rows (views; the oracle keeps its first min(n, R) rows)."""
+        if n >= self.N:
+            return self
+        return Case(self.cfg, n, self.x[:n], self.codebooks, self.indices[:n], self.oracle[:n], self.device,
+                    self.first)
+
 
 def _train_input(case: Case) -> torch.Tensor:
     return case.x.detach().clone().requires_grad_(True)
@@ -66,6 +74,8 @@ class Contender:
     name = ""
     description = ""
     memory_method = "torch"  # "torch" or "tracemalloc" on CPU (see timing.peak_extra_bytes)
+    kind = "baseline"        # "baseline" (naive, torch.compile), "ours" (a pqgan backend) or "peer" (a library)
+    reducible = False        # measured at fewer rows when the full N would not fit (est_bytes / est_seconds)
 
     def unavailable(self, device: str) -> Optional[str]:
         return None
@@ -75,6 +85,21 @@ class Contender:
 
     def est_seconds(self, case: Case, what: str) -> Optional[float]:
         return None
+
+    def rows_for(self, case: Case, measure, limit_bytes: float, budget_s: float) -> int:
+        """Rows to measure on: case.N, or for a ``reducible`` contender the largest N / 2^j whose estimated peak
+        memory stays under limit_bytes and estimated call time under budget_s for every measurement."""
+        if not self.reducible:
+            return case.N
+        n = case.N
+        while n > 1:
+            sub = case.head(n)
+            big = any((self.est_bytes(sub, w) or 0) > limit_bytes for w in measure)
+            slow = any((self.est_seconds(sub, w) or 0) > budget_s for w in measure)
+            if not (big or slow):
+                break
+            n //= 2
+        return n
 
     def forward(self, case: Case) -> Prepared:
         return "not implemented for this contender"
@@ -91,9 +116,16 @@ class Naive(Contender):
     description = ("plain PyTorch as public code does it: full (N,S,K) |x|^2-2x.c+|c|^2 distances "
                    "(reference.pq_assign_naive); one-hot EMA; z+(q-z).detach()")
 
+    reducible = True
+
     def est_bytes(self, case, what):
         # fp32 (N,S,K): distance + einsum output + temporaries; training adds the one-hot (N,S,K) matrix.
         return {"forward": 3, "train": 5, "ema": 3}[what] * 4 * case.nsk
+
+    def est_seconds(self, case, what):
+        # (N,S,K) elements per second on 2 CPU cores (measured: forward ~1e8, train ~5e7, EMA ~7e7); GPU ~100x
+        rate = {"forward": 1e8, "train": 5e7, "ema": 7e7}[what]
+        return case.nsk / (rate * (100 if case.device == "cuda" else 1))
 
     def forward(self, case):
         x, cb = case.x, case.codebooks
@@ -126,7 +158,7 @@ class Compiled(Contender):
         return "disabled by --compile none" if self.policy == "none" else None
 
     def est_bytes(self, case, what):
-        return 3 * 4 * case.nsk if what == "forward" else None
+        return 4 * case.nsk if what == "forward" else None  # one fp32 (N,S,K) buffer; the rest is fused
 
     def forward(self, case):
         import time
@@ -150,14 +182,17 @@ class Compiled(Contender):
         return "forward only (the training step is compared eager vs eager)"
 
     def ema(self, case):
-        return "forward only"
+        return self.train(case)
 
 
 class Ours(Contender):
     """A pqgan_kernels backend through the public API (``pq_assign``, ``ProductQuantizer``, ``pq_ema_update``)."""
 
+    kind = "ours"
+
     def __init__(self, backend: str, explicit: bool = False):
         self.backend = backend
+        self.reducible = backend == "reference"  # the oracle: slow, measured on fewer rows
         self.name = f"pqgan:{backend}"
         self.description = f"pqgan_kernels.pq_assign(..., backend={backend!r}) / ProductQuantizer(backend=...)"
         self.explicit = explicit
@@ -279,6 +314,8 @@ class OursTritonFast(Ours):
 
 class VectorQuantizePytorch(Contender):
     name = "vector-quantize-pytorch"
+    kind = "peer"
+    reducible = True
     description = ("vector_quantize_pytorch.VectorQuantize(dim=D, codebook_size=K, heads=S, "
                    "separate_codebook_per_head=True, codebook_dim=d), EMA decay 0.99")
 
@@ -291,6 +328,11 @@ class VectorQuantizePytorch(Contender):
 
     def est_bytes(self, case, what):
         return {"forward": 3, "train": 6}.get(what, 0) * 4 * case.nsk
+
+    def est_seconds(self, case, what):
+        # full (N,S,K) distances like the naive contender: ~4e7 elements/s on 2 CPU cores (measured), GPU ~100x
+        rate = {"forward": 4.5e7, "train": 3.5e7}.get(what)
+        return case.nsk / (rate * (100 if case.device == "cuda" else 1)) if rate else None
 
     def _layer(self, case):
         from vector_quantize_pytorch import VectorQuantize
@@ -327,6 +369,7 @@ class VectorQuantizePytorch(Contender):
 
 class FlashKMeans(Contender):
     name = "flash-kmeans"
+    kind = "peer"
     description = ("flash_kmeans euclid_assign_triton on the (S, N, d) layout (transpose included; d < 16 "
                    "zero-padded to 16 for its tl.dot, which leaves distances unchanged) + lookup")
 
@@ -360,6 +403,7 @@ class FlashKMeans(Contender):
 
 class Faiss(Contender):
     name = "faiss"
+    kind = "peer"
     description = "faiss.ProductQuantizer(D, S, log2 K): compute_codes + code unpacking + decode (fp32 only)"
     memory_method = "tracemalloc"
 
@@ -394,6 +438,12 @@ class Faiss(Contender):
             indices = torch.from_numpy(bits.astype(np.int64) @ weights)
             return torch.from_numpy(pq.decode(codes)).to(dtype), indices
         return fn
+
+    def train(self, case):
+        return "forward only (an inference library: no training step or EMA update)"
+
+    def ema(self, case):
+        return self.train(case)
 
 
 def build_contenders(device: str, compile_policy: str, explicit: set[str]) -> list[Contender]:

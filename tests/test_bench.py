@@ -30,19 +30,17 @@ def test_bench_quick_json(tmp_path):
     env = {k: v for k, v in os.environ.items() if k != "CUDA_VISIBLE_DEVICES"}
     env["CUDA_VISIBLE_DEVICES"] = ""  # CPU run even on a GPU machine
     # Two configs (d=2: the small-d kernels; d=16: the dot kernels); torch.compile off and one thread to stay
-    # fast on a shared 2-core machine.
+    # fast on a shared 2-core machine; a tiny --budget-s makes the (N,S,K) contenders run on fewer rows (16 of 64).
     cmd = [sys.executable, str(BENCH / "bench_pq.py"), "--quick", "--configs", "f16,mid", "--compile", "none",
-           "--threads", "1", "--json", str(out), "--plot", str(png)]
+           "--backends", "all", "--budget-s", "0.0005", "--threads", "1", "--json", str(out), "--plot", str(png)]
     proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
-
-    # stdout: exactly one markdown table
-    table_lines = [line for line in proc.stdout.splitlines() if line.startswith("|")]
-    assert table_lines and table_lines[1].startswith("|---")
-    assert sum(1 for line in table_lines if line.startswith("|---")) == 1
+    # the profiler's native log lines are filtered out
+    for noise in ("profiler_start", "profiler_stop", "Memory block of unknown size", "gpuGetDeviceCount"):
+        assert noise not in proc.stdout + proc.stderr, noise
 
     report = json.loads(out.read_text())
-    assert report["schema"] == "pqgan-bench/1"
+    assert report["schema"] == "pqgan-bench/2"
     machine = report["machine"]
     for key in ("cpu_model", "torch", "triton", "torch_cuda", "date_utc", "device"):
         assert key in machine
@@ -54,18 +52,36 @@ def test_bench_quick_json(tmp_path):
         assert name in contenders
     for name, info in contenders.items():
         assert info["available"] == (info["reason"] is None), name
+        assert info["kind"] in ("baseline", "ours", "peer"), name
     assert contenders["naive"]["available"] and contenders["pqgan:reference"]["available"]
     assert not contenders["flash-kmeans"]["available"]  # GPU only
 
+    # stdout: the header says what runs here, then one markdown table, one summary line per config
+    lines = proc.stdout.splitlines()
+    assert lines[1].startswith("pqgan backends run here: ") and "pqgan:reference" in lines[1]
+    assert any(line.startswith("  not here: flash-kmeans: GPU only") for line in lines)
+    table_lines = [line for line in lines if line.startswith("|")]
+    assert table_lines and table_lines[1].startswith("|---")
+    assert sum(1 for line in table_lines if line.startswith("|---")) == 1
+    assert len(table_lines) == 2 + len(report["results"])
+    for name, cfg in report["configs"].items():
+        assert sum(line.startswith(f"{cfg['label']} (N={cfg['N']}): ") for line in lines) == 1, name
+
+    # every available contender has one row per config: in results (something ran) or not_run; no others
     rows = {(r["config"], r["contender"]): r for r in report["results"]}
-    assert set(rows) == {(c, n) for c in report["configs"] for n in contenders}
+    skipped = {(r["config"], r["contender"]) for r in report["not_run"]}
+    available = {n for n, info in contenders.items() if info["available"]}
+    assert set(rows) | skipped == {(c, n) for c in report["configs"] for n in available}
+    assert not set(rows) & skipped
     for (config, name), row in rows.items():
         cfg = report["configs"][config]
-        assert (row["N"], row["S"], row["d"], row["K"]) == (cfg["N"], cfg["S"], cfg["d"], cfg["K"])
+        assert (row["config_N"], row["S"], row["d"], row["K"]) == (cfg["N"], cfg["S"], cfg["d"], cfg["K"])
+        assert 1 <= row["N"] <= row["config_N"]
         assert set(row["measurements"]) == set(MEASUREMENTS)
+        assert any(m["status"] == "ok" for m in row["measurements"].values())
         for what, m in row["measurements"].items():
-            assert m["status"] in ("ok", "skipped"), (config, name, what)
-            if m["status"] == "skipped":
+            assert m["status"] in ("ok", "skipped", "n/a"), (config, name, what)
+            if m["status"] != "ok":
                 assert isinstance(m["reason"], str) and m["reason"], (config, name, what)
                 continue
             for key in TIMING_KEYS:
@@ -75,15 +91,33 @@ def test_bench_quick_json(tmp_path):
             assert m["peak_extra_bytes"] is None or m["peak_extra_bytes"] >= 0
             if what == "forward":
                 assert 0.0 <= m["agreement"] <= 1.0
-        if not contenders[name]["available"]:
-            assert all(m["status"] == "skipped" for m in row["measurements"].values())
-    # the baseline and the oracle backend always produce numbers, and the oracle agrees with itself
+                assert m["speedup_vs_best_peer"] > 0 and contenders[m["best_peer"]]["kind"] == "peer"
     for config in report["configs"]:
+        # the baseline and the oracle backend always produce numbers, and the oracle agrees with itself
         for what in MEASUREMENTS:
             assert rows[(config, "naive")]["measurements"][what]["status"] == "ok"
             assert rows[(config, "pqgan:reference")]["measurements"][what]["status"] == "ok"
         assert rows[(config, "pqgan:reference")]["measurements"]["forward"]["agreement"] == 1.0
+        # the budget shrank the (N,S,K) contenders, marked N* in the table; ours ran on every row
+        naive = rows[(config, "naive")]
+        assert naive["N"] < naive["config_N"]
+        assert rows[(config, "pqgan:cpu")]["N"] == rows[(config, "pqgan:cpu")]["config_N"]
+        assert any("| naive " in line and f" {naive['N']}* " in line for line in table_lines)
     assert png.stat().st_size > 1000
+
+
+def test_native_log_filter_drops_noise_keeps_warnings(capfd):
+    timing = _load_bench_module("timing")
+    with timing.NativeLogFilter() as native:
+        os.write(2, b"USDT:2026-11-29 04:24:07 1:1 SyncActivityProfilerHandler.cpp:39] profiler_start\n")
+        os.write(2, b"[W1129 CPUAllocator.cpp:245] Memory block of unknown size was allocated before the "
+                    b"profiling started, profiler results will not include the deallocation event\n")
+        os.write(2, b"a real warning from a library\n")
+        print("python stderr still works", file=sys.stderr)
+    err = capfd.readouterr().err
+    assert native.suppressed == 2
+    assert "a real warning from a library" in err and "python stderr still works" in err
+    assert "profiler_start" not in err and "Memory block" not in err
 
 
 def test_naive_ema_matches_reference():
