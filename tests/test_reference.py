@@ -129,3 +129,73 @@ def test_ema_stats_counts_and_sums():
             mask = idx[:, s] == k
             assert counts[s, k] == mask.sum()
             assert torch.allclose(sums[s, k], x[mask, s * 3:(s + 1) * 3].sum(0))
+
+
+# --- precision, dtypes and devices (the oracle's promises in its module docstring) ------------------------------
+
+@pytest.mark.parametrize("dtypes,expected", [((torch.float32,), torch.float32), ((torch.float16, torch.bfloat16),
+                                                                                  torch.float32),
+                                             ((torch.float32, torch.float64), torch.float64),
+                                             ((torch.float64, torch.float16), torch.float64)])
+def test_compute_dtype(dtypes, expected):
+    assert reference.compute_dtype(*[torch.zeros(1, dtype=t) for t in dtypes]) == expected
+
+
+def test_mixed_precision_is_computed_in_float64():
+    # x = 0.5 (fp32) between codewords 0 and 1 - 1e-12 (fp64): code 1 is nearer in fp64; in fp32 the codeword
+    # rounds to 1.0 and the tie would go to code 0.
+    x = torch.tensor([[0.5]], dtype=torch.float32)
+    cb = torch.tensor([[[0.0], [1.0 - 1e-12]]], dtype=torch.float64)
+    q, idx = reference.pq_assign(x, cb)
+    assert idx.item() == 1 and q.dtype == torch.float32
+    # the other way round: x = 0.5 + 1e-12 (fp64) would round to 0.5 in fp32 (a tie -> code 0)
+    q, idx = reference.pq_assign(torch.tensor([[0.5 + 1e-12]], dtype=torch.float64),
+                                 torch.tensor([[[0.0], [1.0]]], dtype=torch.float32))
+    assert idx.item() == 1 and q.dtype == torch.float64 and q.item() == 1.0
+
+
+def test_half_precision_inputs_are_upcast_before_the_distances():
+    # squared distances 90000 and 67600 overflow float16 (max 65504): computed in fp16 both would be inf (a tie
+    # -> code 0); in fp32, code 1 is nearer.
+    x = torch.zeros(1, 1, dtype=torch.float16)
+    cb = torch.tensor([[[300.0], [260.0]]], dtype=torch.float16)
+    q, idx = reference.pq_assign(x, cb)
+    assert idx.item() == 1 and q.dtype == torch.float16 and q.item() == 260.0
+    g = torch.tensor([[60000.0], [60000.0]], dtype=torch.float16)      # sum 120000 overflows fp16, not fp32
+    grad = reference.pq_codebook_grad(g, torch.tensor([[1], [1]]), 2)
+    assert grad.dtype == torch.float32 and grad.flatten().tolist() == [0.0, 120000.0]
+    counts, sums = reference.pq_ema_stats(g, torch.tensor([[1], [1]]), 2)
+    assert counts.dtype == sums.dtype == torch.float32 and sums.flatten().tolist() == [0.0, 120000.0]
+    counts, sums = reference.pq_ema_stats(g.double(), torch.tensor([[1], [1]]), 2)
+    assert counts.dtype == sums.dtype == torch.float64 and counts.tolist() == [[0.0, 2.0]]
+
+
+def test_bad_distance_is_named():
+    with pytest.raises(ValueError, match=r"distance must be one of \('l2', 'cosine'\), got 'l1'"):
+        reference.pq_assign(torch.zeros(1, 2), torch.zeros(1, 3, 2), "l1")
+
+
+def test_every_function_stays_on_the_input_device():
+    """meta tensors: no CPU tensor may be created on the way (each would raise or land on the wrong device)."""
+    x = torch.empty(6, 4, device="meta")
+    cb = torch.empty(2, 3, 2, device="meta")
+    idx = torch.zeros(6, 2, dtype=torch.long, device="meta")
+    q, i = reference.pq_assign(x, cb)
+    assert q.device.type == i.device.type == "meta" and q.shape == (6, 4) and i.shape == (6, 2)
+    assert reference.pq_lookup(cb, idx).device.type == "meta"
+    assert reference.pq_codebook_grad(x, idx, 3).device.type == "meta"
+    counts, sums = reference.pq_ema_stats(x, idx, 3)
+    assert counts.device.type == sums.device.type == "meta" and sums.shape == (2, 3, 2)
+
+
+def test_pq_distances_by_hand():
+    x = torch.tensor([[3.0, 4.0, 1.0, 0.0]])
+    cb = torch.tensor([[[0.0, 0.0], [3.0, 0.0]], [[0.0, 2.0], [1.0, 1.0]]])
+    idx = torch.tensor([[1, 0]])
+    l2 = reference.pq_distances(x, cb, idx)                         # |(3,4)-(3,0)|^2 = 16, |(1,0)-(0,2)|^2 = 5
+    assert l2.dtype == torch.float64 and l2.tolist() == [[16.0, 5.0]]
+    cos = reference.pq_distances(x, cb, idx, "cosine")              # 1 - 3/5 = 0.4, 1 - 0 = 1
+    assert cos.flatten().tolist() == pytest.approx([0.4, 1.0], abs=1e-15)
+    idx = torch.tensor([[1, 1]])
+    cos = reference.pq_distances(x, cb, idx, "cosine")              # (1,0).(1,1)/sqrt2 -> 1 - 1/sqrt2
+    assert cos.flatten().tolist() == pytest.approx([0.4, 1 - 2 ** -0.5], abs=1e-15)
