@@ -167,3 +167,106 @@ def test_loss_module_state_and_perceptual_term():
     loss, logs = crit.generator_loss(x, y, torch.tensor(0.0), step=0)
     torch.testing.assert_close(loss, logs["l1"] + logs["perceptual"])
     assert float(logs["perceptual"]) > 0
+
+
+# --- values by hand ------------------------------------------------------------------------------------------------
+
+def test_d_losses_by_hand():
+    real, fake = torch.tensor([0.5, 2.0]), torch.tensor([-0.5, 3.0])
+    # hinge: relu(1 - real) = [0.5, 0], relu(1 + fake) = [0.5, 4] -> 0.5 * (0.25 + 2.25)
+    assert float(hinge_d_loss(real, fake)) == pytest.approx(1.25, rel=1e-6)
+    sp = lambda v: torch.log1p(torch.exp(torch.tensor(v))).item()        # noqa: E731
+    expected = 0.5 * ((sp(-0.5) + sp(-2.0)) / 2 + (sp(-0.5) + sp(3.0)) / 2)
+    assert float(vanilla_d_loss(real, fake)) == pytest.approx(expected, rel=1e-6)
+
+
+def test_adaptive_weight_by_hand():
+    w = torch.tensor([1.0, 2.0], requires_grad=True)
+    nll = (w * torch.tensor([3.0, 4.0])).sum()            # grad (3, 4): norm 5
+    g = (w * torch.tensor([0.0, 2.0])).sum()              # grad (0, 2): norm 2
+    assert float(adaptive_weight(nll, g, w)) == pytest.approx(5 / (2 + 1e-4), rel=1e-6)
+    assert float(adaptive_weight(nll, g, w, max_weight=2.0)) == 2.0
+    assert float(adaptive_weight(nll, 0 * g, w)) == 1e4                  # 5 / 1e-4, clamped at the default max
+    assert float(adaptive_weight(nll, 0 * g, w, max_weight=1e6)) == pytest.approx(5 / 1e-4, rel=1e-5)
+
+
+class _Recon(torch.nn.Module):
+    """A one-parameter 'model': recon = a * img (so last_layer = a)."""
+
+    def __init__(self):
+        super().__init__()
+        self.a = torch.nn.Parameter(torch.tensor(0.5))
+
+    def forward(self, img):
+        return self.a * img
+
+
+def test_generator_loss_terms_by_hand():
+    cfg = LossConfig(perceptual="none", l1_weight=2.0, codebook_loss_weight=0.5, disc_weight=0.3, disc_factor=0.7,
+                     disc_start=3, disc_ndf=8, disc_layers=2)
+    crit = PQGANLoss(cfg)
+    model = _Recon()
+    x = random_images(2, 32, seed=7)
+    recon = model(x)
+    quant = torch.tensor([0.2, 0.4])                                     # reduced by its mean
+    l1 = (x - recon).abs().mean()
+    # before disc_start: 2 * l1 + 0.5 * 0.3
+    loss, logs = crit.generator_loss(x, recon, quant, step=2, last_layer=model.a)
+    torch.testing.assert_close(loss, 2.0 * l1 + 0.5 * 0.3)
+    torch.testing.assert_close(logs["nll"], (2.0 * l1).detach())
+    assert float(logs["quant"]) == pytest.approx(0.3) and float(logs["disc_factor"]) == 0.0
+    # from disc_start: + 0.3 * w * 0.7 * g with g = -mean D(recon), w the grad-norm ratio at a
+    loss, logs = crit.generator_loss(x, recon, quant, step=3, last_layer=model.a)
+    g = -crit.discriminator(recon).mean()
+    w = adaptive_weight(2.0 * l1, g, model.a)
+    torch.testing.assert_close(logs["g_loss"], g.detach())
+    torch.testing.assert_close(logs["d_weight"], 0.3 * w)
+    torch.testing.assert_close(loss, 2.0 * l1 + 0.5 * 0.3 + 0.3 * w * 0.7 * g, rtol=1e-5, atol=1e-6)
+    assert float(logs["disc_factor"]) == pytest.approx(0.7)
+    torch.testing.assert_close(logs["total"], loss.detach())
+    # without a last layer (or without autograd) the weight is disc_weight itself
+    _, logs = crit.generator_loss(x, recon, quant, step=3)
+    assert float(logs["d_weight"]) == pytest.approx(0.3)
+
+
+@pytest.mark.parametrize("kind", ["hinge", "vanilla"])
+def test_discriminator_loss_is_disc_factor_times_the_d_loss(kind):
+    crit = PQGANLoss(LossConfig(perceptual="none", disc_factor=0.7, disc_start=0, disc_ndf=8, disc_layers=2,
+                                disc_loss=kind))
+    x, y = random_images(2, 32, seed=8), random_images(2, 32, seed=9)
+    loss, logs = crit.discriminator_loss(x, y, step=0)
+    real, fake = crit.discriminator(x), crit.discriminator(y)
+    fn = hinge_d_loss if kind == "hinge" else vanilla_d_loss
+    torch.testing.assert_close(loss, 0.7 * fn(real, fake))
+    torch.testing.assert_close(logs["logits_real"], real.mean().detach())
+    torch.testing.assert_close(logs["logits_fake"], fake.mean().detach())
+
+
+@pytest.mark.parametrize("override,active", [({}, [False, True, True]), ({"disc_weight": 0.0}, [False] * 3),
+                                             ({"disc_factor": 0.0}, [False] * 3)])
+def test_disc_active(override, active):
+    crit = PQGANLoss(LossConfig(perceptual="none", disc_start=5, disc_ndf=8, disc_layers=2, **override))
+    assert [crit.disc_active(s) for s in (4, 5, 6)] == active
+
+
+def test_config_forms():
+    assert PQGANLoss({"perceptual": "none", "disc_ndf": 8, "disc_layers": 2}).config.disc_ndf == 8
+    assert PQGANLoss(LossConfig(perceptual="none", perceptual_weight=0.0)).perceptual is None
+    with pytest.raises(TypeError, match="LossConfig or a dict"):
+        PQGANLoss(3)
+
+
+@needs_st
+def test_reconstruction_loss_weights_the_perceptual_term():
+    crit = PQGANLoss(LossConfig(perceptual="stlpips", perceptual_net="alex", l1_weight=0.5, perceptual_weight=3.0,
+                                disc_ndf=8, disc_layers=2))
+    x, y = random_images(2, 32, seed=10), random_images(2, 32, seed=11)
+    total, logs = crit.reconstruction_loss(x.half(), y.half())          # computed in float32
+    xf, yf = x.half().float(), y.half().float()
+    l1 = (xf - yf).abs().mean()
+    with torch.no_grad():
+        p = crit.perceptual(xf, yf).mean()
+    assert float(p) > 0.01
+    torch.testing.assert_close(total.detach(), 0.5 * l1 + 3.0 * p)
+    torch.testing.assert_close(logs["perceptual"], p)
+    torch.testing.assert_close(logs["l1"], l1)
