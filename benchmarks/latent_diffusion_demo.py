@@ -228,7 +228,7 @@ def run_demo(args) -> dict:
     save_grid(grid, [real, recon, images[:half], images[half:]])
     info = {"autoencoder": ae_info, "scaling_factor": factor, "num_latents": len(latents),
             "latent_shape": list(latents.shape[1:]), "denoiser": diff_info, "sample_steps": args.sample_steps,
-            "sample_relative_snap_distance": rel_snap, "grid": str(grid)}
+            "sample_relative_snap_distance": rel_snap, "grid": grid.name}  # beside demo.json
     (out / "demo.json").write_text(json.dumps(info, indent=2) + "\n")
     log(f"wrote {grid}; samples lie {rel_snap:.3f} (relative L2) from their re-quantised codes")
     return info

@@ -470,6 +470,14 @@ def resolve_budget(args: argparse.Namespace) -> Dict[str, Any]:
     return budget
 
 
+def shown(path) -> str:
+    """A path for logs: relative to the repository when inside it (logs get committed), else as given."""
+    try:
+        return str(Path(path).resolve().relative_to(ROOT))
+    except ValueError:
+        return str(path)
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = build_parser().parse_args(argv)
     out = Path(args.out)
@@ -505,7 +513,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                           scale=budget["scale"])
     done = load_records(out)
     want = {k: budget[k] for k in BUDGET_KEYS}
-    print(f"study: {len(runs)} runs, budget {want}, {len(train_set)} train / {len(eval_set)} eval photos -> {out}",
+    print(f"study: {len(runs)} runs, budget {want}, {len(train_set)} train / {len(eval_set)} eval photos -> {shown(out)}",
           flush=True)
     for i, (name, entry) in enumerate(runs.items()):
         if not args.force and name in done and done[name].get("budget") == want:
@@ -518,7 +526,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
               f"{_fmt(rec['stlpips'], '.4f')} usage {rec['codebook_usage']:.2f} bits {rec['bits_per_image']} "
               f"train {rec['train_time_s']:.0f}s", flush=True)
         write_combined(out, budget)
-    print(f"combined: {write_combined(out, budget)}", flush=True)
+    print(f"combined: {shown(write_combined(out, budget))}", flush=True)
     return 0
 
 
