@@ -125,8 +125,8 @@ def test_pickle_bomb_in_the_hub_cache_does_not_run(tmp_path, monkeypatch, net, s
     for kind in ("lpips", "auto"):                       # pqgan-train / pqgan-eval with loss.perceptual=auto
         with pytest.raises(RuntimeError) as info:
             build_perceptual(kind, net)
-        assert str(lpips_backbone_path(net)) in str(info.value) and "refused" in str(info.value)
         assert not marker.exists()
+        assert str(lpips_backbone_path(net)) in str(info.value) and "refused" in str(info.value)
     with pytest.raises(RuntimeError):
         PQGANLoss(LossConfig(perceptual="auto", perceptual_net=net))
     if net == "alex":
@@ -159,8 +159,8 @@ def test_pickle_bomb_as_stlpips_weights_is_refused(tmp_path):
     write_bomb(tmp_path / "alex_shift_tolerant.pth", marker)
     with pytest.raises(RuntimeError) as info:
         STLPIPS("alex", weights=tmp_path / "alex_shift_tolerant.pth")
-    assert str(tmp_path / "alex_shift_tolerant.pth") in str(info.value)
     assert not marker.exists()
+    assert str(tmp_path / "alex_shift_tolerant.pth") in str(info.value)
 
 
 # --- checkpoint directory and run directory ------------------------------------------------------------------------
