@@ -58,6 +58,8 @@ def test_low_precision_inputs_return_input_dtype(dtype):
 def test_naive_baseline_agrees_with_oracle_away_from_ties():
     x, cb = random_case(200, 8, 4, 64, dtype=torch.float64)
     assert torch.equal(reference.pq_assign_naive(x, cb)[1], reference.pq_assign(x, cb)[1])
+    q, idx = reference.pq_assign_naive(x.float(), cb)                  # quantized in x's dtype
+    assert q.dtype == torch.float32 and torch.equal(q, reference.pq_lookup(cb, idx).float())
 
 
 def test_codebook_grad_is_scatter_add():
