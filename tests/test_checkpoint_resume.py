@@ -99,10 +99,12 @@ def test_resume_restores_the_rng_streams(runs):
 
 
 def test_without_resume_the_second_run_starts_over(tmp_path, image_dir, runs):
-    """Control: the same 5 steps continued WITHOUT --resume differ from the uninterrupted run (so the checks
-    above can fail)."""
+    """Control: 2 steps, then the 3 remaining steps run WITHOUT --resume (--fresh: it starts again from step 0,
+    so it ends as a 3-step run) differ from the uninterrupted 5-step run (so the checks above can fail). A second
+    run from step 0 to 5 would reproduce the straight run exactly, so it cannot serve as this control."""
     _, straight, _ = runs
     _train(tmp_path / "c", 2, image_dir)
-    fresh = _train(tmp_path / "c", 5, image_dir, extra=["--fresh"])   # no --resume: starts again from step 0
+    fresh = _train(tmp_path / "c", 3, image_dir, extra=["--fresh"])   # no --resume: starts again from step 0
+    assert fresh["step"] == 3
     assert not torch.equal(fresh["model"].quantizer.codebooks, straight["model"].quantizer.codebooks) or \
         any(not torch.equal(v, straight["model"].state_dict()[k]) for k, v in fresh["model"].state_dict().items())
