@@ -1,64 +1,182 @@
-"""CPU timing of the native kernel (backend "cpu") against faiss-cpu's ProductQuantizer.compute_codes.
+"""CPU timing of backend "cpu" against faiss-cpu, torch.compile(naive) and the naive expansion, in ONE process.
 
-    python benchmarks/bench_native_cpu.py [--n 8192] [--reps 7] [--threads T] [S,d,K ...]
+    python benchmarks/bench_native_cpu.py [--threads 2] [--reps 5] [--compile/--no-compile] [--no-stats]
+                                          [name=N,S,d,K ...]
 
-Prints min and median wall time (ms) per contender, fp32, N rows. faiss is skipped when not installed or K is not a
-power of two. Default shapes: PQGAN-F8 (64,2,512), (16,16,512), (8,32,256).
+Every contender runs on the same data (fp32, seeded randn) in this process, so the ratios hold on a shared,
+noisy machine even when absolute times do not. Per shape it prints the median wall time (ms) of
+  - pqgan cpu:      pqgan_kernels.pq_assign(x, cb, backend="cpu")
+  - faiss:          S = 1: IndexFlatL2.add(codebook) + search(x, k=1); S > 1: ProductQuantizer.compute_codes
+                    (codes only, no unpacking) -- faiss is skipped for S > 1 when K is not a power of two
+  - torch.compile:  torch.compile(reference.pq_assign_naive) (compile time excluded)
+  - naive:          reference.pq_assign_naive (the full (N, S, K) expansion |x|^2 - 2 x.c + |c|^2)
+the ratios "x faiss" / "x compile" / "x naive" (their time / ours: > 1 means we are faster), and the fraction of the
+machine's arithmetic limit our time reaches:
+  - direct-formula kernel (d < LARGE_D, the register-blocked scan): a (row, code) pair costs 2d + 1 vector lane
+    ops (d subtractions, d multiply(-add)s, one min), so limit = N S K (2d + 1) / (lanes * vec_ops_per_cycle *
+    cores * GHz);
+  - GEMM path (l2, d >= LARGE_D): limit = 2 N K d flops / (2 flops * lanes * fma_per_cycle * cores * GHz).
+  lanes = 16 with AVX-512 (torch's CPU capability), 8 with AVX2; --vec-ops 2 and --ghz (default: /proc/cpuinfo)
+  describe the core; they are stated in the output because they are assumptions, not measurements.
+Then the EMA statistics and the codebook gradient (pq_ema_stats / pq_codebook_grad, backend "cpu") with the GB/s
+they reach (bytes = x read + indices read + (counts and) sums written once) against the naive one-hot version.
+Timing: one warm-up call, then --reps timed calls; the median is reported (min in brackets).
 """
+from __future__ import annotations
+
 import argparse
 import statistics
 import time
 
-import numpy as np
 import torch
 
 import pqgan_kernels
+from pqgan_kernels import cpu_large_d, reference
+
+# name=S,d,K,N: the #15 table. F8 = PQGAN-F8, VQ d256 = taming VQGAN's codebook, VQ d8 = LlamaGen's.
+SHAPES = {"f8": (64, 2, 512, 8192), "s16d16": (16, 16, 512, 8192), "s8d32": (8, 32, 256, 8192),
+          "vq-d256": (1, 256, 16384, 2048), "vq-d8": (1, 8, 16384, 8192)}
 
 
-def timed(fn, reps):
+def timed(fn, reps: int) -> tuple[float, float]:
+    """(median ms, min ms) of reps calls after one warm-up call."""
     fn()
     times = []
     for _ in range(reps):
         start = time.perf_counter()
         fn()
         times.append((time.perf_counter() - start) * 1e3)
-    return min(times), statistics.median(times)
+    return statistics.median(times), min(times)
+
+
+def cpu_ghz() -> float:
+    """The nominal clock from /proc/cpuinfo (first 'cpu MHz' line), 0 when unknown."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("cpu MHz"):
+                    return float(line.split(":")[1]) / 1e3
+    except OSError:
+        pass
+    return 0.0
+
+
+def faiss_assign(faiss, x: torch.Tensor, cb: torch.Tensor):
+    """A callable running faiss's search for the shape, or a string saying why faiss is skipped."""
+    import numpy as np
+    S, K, d = cb.shape
+    xn = x.numpy()
+    if S == 1:
+        index = faiss.IndexFlatL2(d)
+        index.add(cb[0].numpy())
+        return lambda: index.search(xn, 1)
+    if K & (K - 1):
+        return "K not a power of two"
+    pq = faiss.ProductQuantizer(S * d, S, int(np.log2(K)))
+    faiss.copy_array_to_vector(cb.numpy().reshape(-1), pq.centroids)
+    return lambda: pq.compute_codes(xn)
+
+
+def fmt_ratio(other, ours):
+    return f"{other / ours:6.2f}x" if isinstance(other, float) else f"{'-':>7}"
+
+
+def bench_assign(args, faiss, lanes: int):
+    compiled = torch.compile(reference.pq_assign_naive, dynamic=False) if args.compile else None
+    if compiled is not None:
+        import torch._dynamo as dynamo
+        for knob in ("recompile_limit", "cache_size_limit"):
+            if hasattr(dynamo.config, knob):
+                setattr(dynamo.config, knob, max(64, getattr(dynamo.config, knob)))
+    cores = torch.get_num_threads()
+    print(f"\n{'shape':10s} {'S':>3s} {'d':>4s} {'K':>6s} {'N':>5s} | {'pqgan':>8s} {'faiss':>8s} {'compile':>8s} "
+          f"{'naive':>8s} | {'x faiss':>7s} {'x compile':>9s} {'x naive':>7s} | limit   frac")
+    for name, (S, d, K, N) in args.shapes:
+        g = torch.Generator().manual_seed(0)
+        x, cb = torch.randn(N, S * d, generator=g), torch.randn(S, K, d, generator=g)
+        ours = timed(lambda: pqgan_kernels.pq_assign(x, cb, backend="cpu"), args.reps)
+        row = {"pqgan": ours[0]}
+        fa = faiss_assign(faiss, x, cb) if faiss is not None else "not installed"
+        row["faiss"] = timed(fa, args.reps)[0] if callable(fa) else None
+        if compiled is not None:
+            compiled(x, cb)  # compile outside the timing
+            row["compile"] = timed(lambda: compiled(x, cb), args.reps)[0]
+        else:
+            row["compile"] = None
+        row["naive"] = timed(lambda: reference.pq_assign_naive(x, cb), max(1, min(args.reps, 5)))[0]
+        if d >= cpu_large_d.LARGE_D:  # GEMM path: 2NKd flops at lanes * 2 flops per FMA
+            limit_ms = 2 * N * S * K * d / (2 * lanes * args.vec_ops * cores * args.ghz * 1e9) * 1e3
+            kind = "sgemm"
+        else:  # direct formula: 2d + 1 lane ops per (row, code) pair
+            limit_ms = N * S * K * (2 * d + 1) / (lanes * args.vec_ops * cores * args.ghz * 1e9) * 1e3
+            kind = "fma-issue"
+        print(f"{name:10s} {S:3d} {d:4d} {K:6d} {N:5d} | {ours[0]:8.1f} "
+              + " ".join(f"{row[k]:8.1f}" if row[k] is not None else f"{'-':>8s}" for k in ("faiss", "compile",
+                                                                                         "naive"))
+              + f" | {fmt_ratio(row['faiss'], ours[0])} {fmt_ratio(row['compile'], ours[0]):>9s} "
+                f"{fmt_ratio(row['naive'], ours[0])} | {limit_ms:5.1f} {limit_ms / ours[0]:5.0%} {kind}"
+              + (f"  (faiss: {fa})" if not callable(fa) else ""), flush=True)
+
+
+def bench_stats(args):
+    from naive_quantizer import naive_ema_stats
+    print(f"\n{'stats':10s} {'S':>3s} {'d':>4s} {'K':>6s} {'N':>5s} | {'ema ms':>8s} {'GB/s':>6s} {'naive':>8s} "
+          f"{'x naive':>7s} | {'grad ms':>8s} {'GB/s':>6s} {'x naive':>7s}")
+    for name, (S, d, K, N) in args.shapes:
+        g = torch.Generator().manual_seed(1)
+        x = torch.randn(N, S * d, generator=g)
+        idx = torch.randint(0, K, (N, S), generator=g)
+        ema = timed(lambda: pqgan_kernels.pq_ema_stats(x, idx, K, backend="cpu"), args.reps)[0]
+        grad = timed(lambda: pqgan_kernels.pq_codebook_grad(x, idx, K, backend="cpu"), args.reps)[0]
+        naive = timed(lambda: naive_ema_stats(x, idx, K), max(1, min(args.reps, 3)))[0] \
+            if N * S * K <= 1 << 28 else None
+        naive_grad = timed(lambda: reference.pq_codebook_grad(x, idx, K), args.reps)[0]
+        io = x.numel() * 4 + idx.numel() * 8
+        ema_gbs = (io + S * K * (d + 1) * 4) / ema / 1e6
+        grad_gbs = (io + S * K * d * 4) / grad / 1e6
+        naive_s = f"{naive:8.1f}" if naive is not None else f"{'-':>8s}"
+        print(f"{name:10s} {S:3d} {d:4d} {K:6d} {N:5d} | {ema:8.2f} {ema_gbs:6.1f} {naive_s} "
+              f"{fmt_ratio(naive, ema)} | {grad:8.2f} {grad_gbs:6.1f} {fmt_ratio(naive_grad, grad)} "
+              f"(vs reference index_add {naive_grad:.2f} ms)", flush=True)
+
+
+def parse_shape(spec: str) -> tuple[str, tuple[int, int, int, int]]:
+    """'name=S,d,K,N' or a key of SHAPES."""
+    if spec in SHAPES:
+        return spec, SHAPES[spec]
+    name, _, dims = spec.partition("=")
+    S, d, K, N = map(int, dims.split(","))
+    return name, (S, d, K, N)
 
 
 def main():
-    parser = argparse.ArgumentParser()
-    parser.add_argument("shapes", nargs="*", default=["64,2,512", "16,16,512", "8,32,256"])
-    parser.add_argument("--n", type=int, default=8192)
-    parser.add_argument("--reps", type=int, default=7)
-    parser.add_argument("--threads", type=int, default=None)
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("shapes", nargs="*", default=list(SHAPES), help="keys of SHAPES or name=S,d,K,N")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--reps", type=int, default=5)
+    parser.add_argument("--no-compile", dest="compile", action="store_false", help="skip torch.compile(naive)")
+    parser.add_argument("--no-stats", dest="stats", action="store_false", help="skip the EMA statistics / grad")
+    parser.add_argument("--ghz", type=float, default=cpu_ghz(), help="core clock for the limits (GHz)")
+    parser.add_argument("--vec-ops", type=int, default=2, help="vector FMA/ALU ops issued per cycle per core")
     args = parser.parse_args()
+    args.shapes = [parse_shape(s) for s in args.shapes]
     try:
         import faiss
     except ImportError:
         faiss = None
-    if args.threads:
-        torch.set_num_threads(args.threads)
-        if faiss is not None:
-            faiss.omp_set_num_threads(args.threads)
-    print(f"N={args.n} threads={torch.get_num_threads()} backends={pqgan_kernels.available_backends()}")
-    for shape in args.shapes:
-        S, d, K = map(int, shape.split(","))
-        g = torch.Generator().manual_seed(0)
-        x, cb = torch.randn(args.n, S * d, generator=g), torch.randn(S, K, d, generator=g)
-        native = timed(lambda: torch.ops.pqgan_native.pq_assign(x, cb, False), args.reps)
-        line = f"S={S:3d} d={d:3d} K={K:5d}  native {native[0]:8.1f} min {native[1]:8.1f} med"
-        if faiss is not None and K & (K - 1) == 0:
-            pq = faiss.ProductQuantizer(S * d, S, int(np.log2(K)))
-            faiss.copy_array_to_vector(cb.numpy().reshape(-1), pq.centroids)
-            xn = x.numpy()
-            ref = timed(lambda: pq.compute_codes(xn), args.reps)
-            line += f" | faiss {ref[0]:8.1f} min {ref[1]:8.1f} med"
-            _, idx = torch.ops.pqgan_native.pq_assign(x, cb, False)
-            agree = (torch.from_numpy(pq.compute_codes(xn).astype(np.int64)) == idx).double().mean().item() \
-                if K == 256 else float("nan")
-            if K == 256:
-                line += f" (codes agree {agree:.4%})"
-        print(line, flush=True)
+    torch.set_num_threads(args.threads)
+    if faiss is not None:
+        faiss.omp_set_num_threads(args.threads)
+    if pqgan_kernels.backend_info()["cpu"] != "available":  # also loads the native backend
+        raise SystemExit(f"backend cpu unavailable: {pqgan_kernels.backend_info()['cpu']}")
+    cap = torch.backends.cpu.get_cpu_capability()
+    lanes = 16 if "512" in cap else 8
+    print(f"threads={torch.get_num_threads()} cpu_isa={torch.ops.pqgan_native.cpu_isa()} torch_capability={cap} "
+          f"faiss={getattr(faiss, '__version__', None)} limits assume {lanes} fp32 lanes x {args.vec_ops} vector "
+          f"ops/cycle x {args.threads} cores x {args.ghz:.2f} GHz; median of {args.reps}")
+    bench_assign(args, faiss, lanes)
+    if args.stats:
+        bench_stats(args)
 
 
 if __name__ == "__main__":

@@ -1,65 +1,40 @@
-"""Exact l2 assignment for large sub-dims on the CPU: a BLAS search for candidates, then an exact re-check.
+"""Exact l2 assignment for large sub-dims on the CPU: BLAS candidates on centred data, then an exact re-check.
 
-For d >= LARGE_D the per-code FMA loop of the C++ kernel loses to a GEMM (plain VQ with d = 256 is ~4x slower), so
-the "cpu" backend routes l2 inputs here:
-
-  1. per tile of rows and one subspace, approximate scores a = |c|^2 - 2 x.c with one matrix product
-     (a (rows, K) tile of at most TILE_ELEMENTS floats: memory stays bounded whatever N is);
-  2. a row whose runner-up approximate score is farther than the rounding bound from its best is decided: the best
-     is the exact winner. Otherwise every code within the bound of the best is a candidate (near-ties keep all
-     their members, so ties can't be lost), and
-  3. candidates are re-scored with the oracle's formula (sum of squared differences, fp32 / fp64) and the
-     smallest wins, ties -> lowest index.
-
-The rounding bound of step 2 covers both sides' errors: |fl(a) - a| <= (d + 4) * eps * (|x|^2 + 2 |c|^2) per
-score, so the true winner is always a candidate and the result equals a full exact scan.
+For d >= LARGE_D a GEMM beats the per-code direct-formula loop of the C++ kernel, so the "cpu" backend routes l2
+inputs to the native op ``pq_assign_gemm`` (csrc/cpu/assign_gemm.cpp). Per subspace it centres x and the codebook
+on the codebook mean, scores a_k = |c'_k|^2 - 2 x'.c'_k with BLAS tile by tile over K (no (N, K) buffer: extra
+memory is bounded by the outputs' size, see the C++ file), keeps every code within the rounding bound of
+``bound.py`` of the row's best, and re-checks those with the oracle's direct formula (a row with too many
+near-ties is decided by a direct scan). The result equals a full direct scan at any magnitude of the data.
 """
 from __future__ import annotations
 
 import torch
 
-from .reference import compute_dtype, pq_lookup
+from .bound import bound_coefficient
+from .reference import compute_dtype
 
 LARGE_D = 128
-TILE_ELEMENTS = 1 << 24
+
+
+def matmul_precision() -> str:
+    """The fp32 matmul precision BLAS on the CPU runs at, as a ``bound.py`` precision name.
+
+    oneDNN's own setting (``torch.backends.mkldnn.matmul.fp32_precision``) first, then torch's global one; when
+    torch refuses to say (legacy and new APIs mixed) the coarsest ("medium", bf16 inputs), which keeps the search
+    exact at some cost in candidates.
+    """
+    mkldnn = getattr(getattr(torch.backends, "mkldnn", None), "matmul", None)
+    own = getattr(mkldnn, "fp32_precision", "none")
+    if own in ("bf16", "tf32"):
+        return own
+    try:
+        return torch.get_float32_matmul_precision()
+    except RuntimeError:
+        return "medium"
 
 
 def assign_l2(x: torch.Tensor, codebooks: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """x (N, S*d), codebooks (S, K, d) -> (quantized (N, S*d) x.dtype, indices (N, S) int64), exact l2."""
-    N = x.shape[0]
-    S, K, d = codebooks.shape
-    dtype = compute_dtype(x, codebooks)
-    eps = torch.finfo(dtype).eps
-    xs = x.to(dtype).reshape(N, S, d)
-    cb = codebooks.to(dtype)
-    c2 = cb.square().sum(-1)  # (S, K)
-    c2_max = c2.max(-1).values  # (S,)
-    indices = torch.empty(N, S, dtype=torch.int64)
-    rows = max(1, TILE_ELEMENTS // K)
-    for s in range(S):
-        for start in range(0, N, rows):
-            xt = xs[start:start + rows, s]  # (n, d)
-            approx = torch.addmm(c2[s].unsqueeze(0), xt, cb[s].t(), alpha=-2.0)  # (n, K)
-            bound = 2 * (d + 4) * eps * (xt.square().sum(-1) + 2 * c2_max[s])  # (n,)
-            two = approx.topk(min(2, K), dim=-1, largest=False)
-            out = two.indices[:, 0].clone()
-            # rows whose runner-up is within the bound may have near-ties: re-check all their close codes
-            unsure = two.values[:, -1] - two.values[:, 0] <= bound
-            if K == 1:
-                unsure.zero_()
-            if bool(unsure.any()):
-                sub = unsure.nonzero().squeeze(1)
-                out[sub] = _recheck(xt[sub], cb[s], approx[sub], two.values[sub, 0] + bound[sub])
-            indices[start:start + rows, s] = out
-    return pq_lookup(codebooks, indices).to(x.dtype), indices
-
-
-def _recheck(xt: torch.Tensor, cb: torch.Tensor, approx: torch.Tensor, threshold: torch.Tensor) -> torch.Tensor:
-    """Exact winner among the codes with approx <= threshold: xt (n, d), cb (K, d), approx (n, K) -> (n,) int64."""
-    K = cb.shape[0]
-    cand_rows, cand_codes = torch.nonzero(approx <= threshold.unsqueeze(-1), as_tuple=True)
-    exact = (xt[cand_rows] - cb[cand_codes]).square().sum(-1)
-    # lexicographic (exact distance, code) minimum per row: the smallest distance, then the lowest index
-    best = torch.full((xt.shape[0],), float("inf"), dtype=exact.dtype).scatter_reduce(0, cand_rows, exact, "amin")
-    winner = torch.where(exact == best[cand_rows], cand_codes, K)
-    return torch.full((xt.shape[0],), K, dtype=torch.int64).scatter_reduce(0, cand_rows, winner, "amin")
+    coefficient = bound_coefficient(codebooks.shape[2], matmul_precision(), compute_dtype(x, codebooks))
+    return torch.ops.pqgan_native.pq_assign_gemm(x, codebooks, coefficient)

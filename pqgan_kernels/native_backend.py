@@ -8,6 +8,7 @@ Native ops (schemas in ``csrc/native_ops.cpp``; CPU kernels in ``csrc/cpu/``, CU
     pq_assign(x (N, S*d), codebooks (S, K, d), cosine: bool) -> (quantized (N, S*d) x.dtype, indices (N, S) int64)
     pq_ema_stats(x (N, S*d), indices (N, S), num_codes)      -> (counts (S, K), sums (S, K, d))  fp32 / fp64
     pq_codebook_grad(grad (N, S*d), indices (N, S), num_codes) -> (S, K, d)                     fp32 / fp64
+    pq_assign_gemm(x, codebooks, bound_coefficient) -> like pq_assign (l2, CPU only; see cpu_large_d.py)
 """
 from __future__ import annotations
 
@@ -34,7 +35,11 @@ def _register_fakes() -> None:
         S = indices.shape[1]
         return grad.new_empty((S, num_codes, grad.shape[1] // S), dtype=compute_dtype(grad))
 
-    for name, fn in (("pq_assign", assign_fake), ("pq_ema_stats", stats_fake), ("pq_codebook_grad", grad_fake)):
+    def assign_gemm_fake(x, codebooks, bound_coefficient):
+        return assign_fake(x, codebooks, False)
+
+    for name, fn in (("pq_assign", assign_fake), ("pq_ema_stats", stats_fake), ("pq_codebook_grad", grad_fake),
+                     ("pq_assign_gemm", assign_gemm_fake)):
         try:
             torch.library.register_fake(f"pqgan_native::{name}", fn)
         except RuntimeError as err:  # already registered (module re-imported)
@@ -74,7 +79,7 @@ def _register() -> None:
         mark_unavailable("cuda", "compiled extension pqgan_kernels._C not importable")
         return
     BUILD_INFO = torch.ops.pqgan_native.build_info()
-    if not hasattr(torch.ops.pqgan_native, "pq_assign"):
+    if not all(hasattr(torch.ops.pqgan_native, op) for op in ("pq_assign", "pq_assign_gemm")):
         reason = f"extension ({BUILD_INFO}) is a stale build without the kernels; rebuild with " \
                  "`pip install --no-build-isolation -e .`"
         mark_unavailable("cpu", reason)

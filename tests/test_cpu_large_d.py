@@ -1,38 +1,169 @@
-"""The CPU backend's large-d path (BLAS candidates + exact re-check) against the oracle."""
+"""The CPU backend's large-d path (``pq_assign_gemm``: BLAS on centred data + bounded exact re-check).
+
+Exactness is judged against fp64 distances of the inputs as the kernel received them: a row whose best and
+second-best fp64 distances differ by more than the direct formula's fp32 rounding (``TIE_FACTOR * (d + 2) * u *
+second``) must get the oracle's index; any other row must get a code within that rounding of the best. Integer
+data has exact fp32 distances, so there every index (ties -> lowest) must equal the oracle's.
+"""
+import importlib.util
+import sys
+from pathlib import Path
+
 import pytest
 import torch
 
 import pqgan_kernels
-from pqgan_kernels import cpu_large_d
+from pqgan_kernels import cpu_large_d, reference
 
 from kernel_checks import assert_assignment, random_case
 
 pytestmark = pytest.mark.skipif(pqgan_kernels.backend_info()["cpu"] != "available", reason="cpu backend not built")
 
+U32 = 2.0 ** -24
+TIE_FACTOR = 4.0
+
+
+def gemm_assign(x, cb):
+    """The large-d path itself, whatever d (the backend routes only d >= LARGE_D here)."""
+    return cpu_large_d.assign_l2(x, cb)
+
+
+def assert_exact(x, cb, q, idx):
+    """Clear rows match the fp64 oracle exactly; near-tied rows are within the direct formula's rounding."""
+    N = x.shape[0]
+    S, K, d = cb.shape
+    assert idx.dtype == torch.int64 and tuple(idx.shape) == (N, S)
+    assert torch.equal(q, reference.pq_lookup(cb, idx).to(x.dtype))
+    xs = x.double().reshape(N, S, 1, d)
+    dist = (xs - cb.double().unsqueeze(0)).square().sum(-1)  # (N, S, K) fp64
+    two = dist.topk(min(2, K), dim=-1, largest=False)
+    best, oracle = two.values[..., 0], dist.argmin(-1)  # argmin: lowest index among exact fp64 ties
+    u = U32 if reference.compute_dtype(x, cb) == torch.float32 else 2.0 ** -53
+    tol = TIE_FACTOR * (d + 2) * u * two.values[..., -1]
+    clear = (two.values[..., -1] - best > tol) if K > 1 else torch.ones_like(best, dtype=torch.bool)
+    assert torch.equal(idx[clear], oracle[clear]), f"{(idx != oracle)[clear].sum()} clear rows differ"
+    got = dist.gather(-1, idx.unsqueeze(-1)).squeeze(-1)
+    assert bool((got <= best + tol).all()), f"worst excess {(got - best - tol).max():.3e}"
+    return clear.double().mean().item()
+
+
+def offset_case(N, S, d, K, centre, spread, seed, dtype=torch.float32):
+    g = torch.Generator().manual_seed(seed)
+    x = centre + spread * torch.randn(N, S * d, generator=g, dtype=torch.float64)
+    cb = centre + spread * torch.randn(S, K, d, generator=g, dtype=torch.float64)
+    return x.to(dtype), cb.to(dtype)
+
 
 @pytest.mark.parametrize("N,S,d,K,dtype", [(50, 1, 256, 513, torch.float32), (37, 2, 128, 5, torch.float32),
                                            (40, 1, 128, 64, torch.bfloat16), (29, 2, 128, 300, torch.float64),
-                                           (33, 1, 128, 1, torch.float32)])
+                                           (33, 1, 128, 1, torch.float32), (21, 1, 129, 40, torch.float16)])
 def test_large_d_matches_oracle(N, S, d, K, dtype):
     x, cb = random_case(N, S, d, K, dtype=dtype, seed=N)
     q, idx = pqgan_kernels.pq_assign(x, cb, backend="cpu")
     assert_assignment(x, cb, q, idx)
+    assert_exact(x, cb, q, idx)
 
 
-def test_large_d_exact_ties_pick_lowest_index(monkeypatch):
-    monkeypatch.setattr(cpu_large_d, "TILE_ELEMENTS", 64)  # several row tiles, tails included
-    x, cb = random_case(45, 2, 128, 9, integer=True, seed=1)
+@pytest.mark.parametrize("centre,spread", [(10.0, 1.0), (100.0, 0.05), (1e3, 1e-3), (1e4, 1.0), (1e4, 1e-3),
+                                           (-300.0, 0.3)])
+@pytest.mark.parametrize("d", [9, 128])
+def test_offset_data_is_exact(centre, spread, d):
+    """Latents away from the origin: the uncentred expansion loses the winner to cancellation; centred must not.
+    N and K are not multiples of the row group (128) / code tile sizes, so tails of both are covered."""
+    x, cb = offset_case(300, 2, d, 700, centre, spread, seed=int(centre) % 97 + d)
+    q, idx = gemm_assign(x, cb)
+    assert_exact(x, cb, q, idx)
+
+
+@pytest.mark.parametrize("scale", [1e-4, 1e-2, 1e2, 1e4])
+def test_scaled_data_is_exact(scale):
+    x, cb = random_case(150, 1, 128, 300, seed=5)
+    q, idx = gemm_assign(x * scale, cb * scale)
+    assert_exact(x * scale, cb * scale, q, idx)
+
+
+def test_mixed_dtypes_and_fp64():
+    x, cb = offset_case(70, 1, 128, 90, 50.0, 0.1, seed=6, dtype=torch.float64)
+    for xd, cd in ((torch.float64, torch.float64), (torch.bfloat16, torch.float32), (torch.float32, torch.float64)):
+        q, idx = gemm_assign(x.to(xd), cb.to(cd))
+        assert q.dtype == xd
+        assert_exact(x.to(xd), cb.to(cd), q, idx)
+
+
+def test_large_d_exact_ties_pick_lowest_index():
+    x, cb = random_case(300, 2, 128, 9, integer=True, seed=1)
     cb[:, 5:] = cb[:, 1:2].clone()  # duplicates of code 1: index 1 must win every tie
     q, idx = pqgan_kernels.pq_assign(x, cb, backend="cpu")
     assert_assignment(x, cb, q, idx, integer=True)
+
+
+def test_many_near_ties_fall_back_to_an_exact_scan():
+    """More tied codes than the candidate list holds (all duplicates, and a quantised offset grid): exact anyway."""
+    x, cb = random_case(140, 1, 128, 300, integer=True, seed=2)
+    cb[0, 40:] = cb[0, 7:8].clone()
+    x[:70] = cb[0, 7] + 0.5  # rows equidistant from 260 duplicates of code 7
+    q, idx = gemm_assign(x + 1e4, cb + 1e4)
+    assert_assignment(x + 1e4, cb + 1e4, q, idx, integer=True)
+    assert bool((idx[:70] == 7).all())
+
+
+def test_lower_matmul_precision_stays_exact():
+    """A user may lower torch's fp32 matmul precision; the bound widens with it and the codes do not change."""
+    x, cb = offset_case(130, 1, 128, 300, 100.0, 0.1, seed=7)
+    before = torch.get_float32_matmul_precision()
+    try:
+        for precision, same in (("medium", "bf16"), ("high", "tf32")):
+            torch.set_float32_matmul_precision(precision)
+            assert cpu_large_d.matmul_precision() in (precision, same)
+            q, idx = gemm_assign(x, cb)
+            assert_exact(x, cb, q, idx)
+    finally:
+        torch.set_float32_matmul_precision(before)
+
+
+def test_thread_count_does_not_change_the_codes():
+    from kernel_checks import torch_threads
+    x, cb = offset_case(600, 1, 128, 260, 30.0, 0.5, seed=8)
+    with torch_threads(1):
+        one = gemm_assign(x, cb)[1]
+    with torch_threads(2):
+        two = gemm_assign(x, cb)[1]
+    assert torch.equal(one, two)
+
+
+def _timing_module():
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "timing.py"
+    spec = importlib.util.spec_from_file_location("pqgan_bench_timing", path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # its dataclasses look their module up
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.parametrize("centre", [0.0, 100.0, 1e4])
+def test_peak_memory_at_most_twice_the_output(centre):
+    """No (N, K) buffer at any magnitude: every allocation of one call (outputs included) <= 2x the outputs."""
+    N, K, d = 1024, 2048, 128
+    x, cb = offset_case(N, 1, d, K, centre, 1.0, seed=9)
+    peak, method = _timing_module().peak_extra_bytes(lambda: gemm_assign(x, cb), "cpu")
+    if peak is None:
+        pytest.skip(method)
+    output = N * d * 4 + N * 8
+    assert 0 < peak <= 2 * output, (peak, output)
 
 
 def test_large_d_is_used_only_for_l2_and_large_d(monkeypatch):
     calls = []
     real = cpu_large_d.assign_l2
     monkeypatch.setattr(cpu_large_d, "assign_l2", lambda *a: calls.append(1) or real(*a))
-    x, cb = random_case(8, 1, 128, 4)
+    x, cb = random_case(8, 1, cpu_large_d.LARGE_D, 4)
     pqgan_kernels.pq_assign(x, cb, backend="cpu")
     pqgan_kernels.pq_assign(x, cb, backend="cpu", distance="cosine")
-    pqgan_kernels.pq_assign(*random_case(8, 2, 64, 4), backend="cpu")
+    pqgan_kernels.pq_assign(*random_case(8, 2, cpu_large_d.LARGE_D - 1, 4), backend="cpu")
     assert len(calls) == 1
+
+
+def test_bad_coefficient_raises():
+    x, cb = random_case(4, 1, 128, 3)
+    with pytest.raises(ValueError, match="bound_coefficient"):
+        torch.ops.pqgan_native.pq_assign_gemm(x, cb, 0.0)
