@@ -2,6 +2,7 @@
 record), "auto" and the default/env overrides resolve as documented, and backend="triton" really launches Triton
 kernels (a spy on the Triton launcher records each kernel by name)."""
 import dataclasses
+import sys
 
 import pytest
 import torch
@@ -157,3 +158,133 @@ def test_backend_triton_launches_triton_kernels(triton_launches):
     pqgan_kernels.pq_assign(x, cb, backend="reference")
     pqgan_kernels.pq_assign(x, cb, backend="cpu")
     assert triton_launches == []
+
+
+# --- lazy loading and the registry, from a clean state --------------------------------------------------------
+
+@pytest.fixture
+def fresh(monkeypatch, tmp_path):
+    """dispatch with only 'reference' registered and every other backend provided by a throw-away module."""
+    sources = {
+        "pqgan_fake_missing": "import pqgan_no_such_dependency_xyz\n",
+        "pqgan_fake_raises": "raise TypeError('boom')\n",
+        "pqgan_fake_silent": "x = 1\n",
+        "pqgan_fake_registers": ("import dataclasses\nfrom pqgan_kernels import dispatch\n"
+                                 "dispatch.register_backend(dataclasses.replace(dispatch._registry['reference'], "
+                                 "name='cpu', devices=('cpu',)))\n"),
+    }
+    for name, text in sources.items():
+        (tmp_path / f"{name}.py").write_text(text)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.setattr(dispatch, "_registry", {"reference": dispatch.get_backend("reference")})
+    monkeypatch.setattr(dispatch, "_unavailable", {})
+    monkeypatch.setattr(dispatch, "_default", None)
+    monkeypatch.delenv("PQGAN_BACKEND", raising=False)
+    yield monkeypatch
+    for name in sources:                                               # imported afresh by the next test
+        sys.modules.pop(name, None)
+
+
+def test_lazy_loading_records_why_each_backend_is_missing(fresh):
+    fresh.setattr(dispatch, "_MODULES", {"triton": "pqgan_fake_missing", "cuda": "pqgan_fake_raises",
+                                         "cpu": "pqgan_fake_silent"})
+    info = pqgan_kernels.backend_info()
+    assert info["reference"] == "available"
+    assert info["triton"] == "import failed: No module named 'pqgan_no_such_dependency_xyz'"
+    assert info["cuda"] == "import failed: TypeError: boom"
+    assert info["cpu"] == "pqgan_fake_silent did not register it"
+    assert pqgan_kernels.available_backends() == ["reference"]
+    with pytest.raises(RuntimeError, match=r"backend 'cuda' is not available: import failed: TypeError: boom"):
+        dispatch.get_backend("cuda")
+
+
+def test_a_module_that_is_not_built_and_one_that_registers(fresh):
+    fresh.setattr(dispatch, "_MODULES", {"triton": "pqgan_fake_not_built_module", "cpu": "pqgan_fake_registers"})
+    assert dispatch.backend_info() == {"reference": "available", "triton": "not built yet", "cuda": "unknown",
+                                       "cpu": "available"}
+    assert dispatch.get_backend("cpu").devices == ("cpu",)
+    with pytest.raises(RuntimeError, match=r"backend 'cuda' is not available: unknown$"):
+        dispatch.get_backend("cuda")
+
+
+def test_get_backend_loads_only_what_it_needs(fresh):
+    fresh.setattr(dispatch, "_MODULES", {"triton": "pqgan_fake_raises", "cpu": "pqgan_fake_registers"})
+    assert dispatch.get_backend("cpu").name == "cpu"
+    assert "triton" not in dispatch._unavailable                      # never imported
+    x, cb = random_case(4, 2, 2, 3)
+    assert dispatch.resolve_backend("auto", x, cb) == "cpu"
+
+
+def test_register_clears_an_earlier_reason_and_mark_unavailable_never_hides_a_backend(fresh):
+    dispatch.mark_unavailable("cpu", "was missing")
+    assert dispatch._unavailable == {"cpu": "was missing"}
+    cpu = dataclasses.replace(dispatch.get_backend("reference"), name="cpu")
+    dispatch.register_backend(cpu)
+    assert dispatch._registry["cpu"] is cpu and dispatch._unavailable == {}
+    dispatch.mark_unavailable("cpu", "too late")
+    assert dispatch._unavailable == {} and dispatch.get_backend("cpu") is cpu
+
+
+def test_auto_order_per_device(fresh):
+    import types
+    x, cb = random_case(4, 2, 2, 3)
+    assert dispatch.auto_order(torch.device("cpu"), x, cb) == ("cpu", "reference")
+    assert dispatch.auto_order(torch.device("mps"), x, cb) == ("reference",)
+    fresh.setitem(sys.modules, "pqgan_kernels.autotable", None)         # no measured table: fixed order
+    assert dispatch.auto_order(torch.device("cuda"), x, cb) == ("cuda", "triton", "reference")
+    seen = []
+    table = types.ModuleType("pqgan_kernels.autotable")
+    table.cuda_order = lambda a, b: seen.append((a, b)) or ["triton", "cuda"]
+    fresh.setitem(sys.modules, "pqgan_kernels.autotable", table)
+    assert dispatch.auto_order(torch.device("cuda"), x, cb) == ("triton", "cuda", "reference")
+    assert seen[0][0] is x and seen[0][1] is cb
+
+
+def test_auto_skips_backends_that_refuse_the_inputs_and_says_why_when_none_can(fresh):
+    seen = []
+
+    def picky(x, codebooks, distance):
+        seen.append((x, codebooks, distance))
+        return "no cosine here" if distance == "cosine" else None
+    cpu = dataclasses.replace(dispatch.get_backend("reference"), name="cpu", unsupported=picky)
+    dispatch.register_backend(cpu)
+    fresh.setattr(dispatch, "_MODULES", {})
+    x, cb = random_case(4, 2, 2, 3)
+    assert dispatch.resolve_backend("auto", x, cb, "l2") == "cpu"
+    assert seen[-1][0] is x and seen[-1][1] is cb and seen[-1][2] == "l2"
+    assert dispatch.resolve_backend("auto", x, cb, "cosine") == "reference"
+    with pytest.raises(ValueError, match="no cosine here"):
+        dispatch.resolve_backend("cpu", x, cb, "cosine")
+    assert seen[-1][1] is cb and seen[-1][2] == "cosine"
+    fresh.setattr(dispatch, "_registry", {"cpu": cpu})
+    with pytest.raises(RuntimeError, match=r"no backend can run on cpu tensors: .*'cpu': 'available'"):
+        dispatch.resolve_backend("auto", x, cb, "cosine")
+
+
+def test_set_default_auto_gives_the_choice_back_to_the_environment(fresh):
+    cpu = dataclasses.replace(dispatch.get_backend("reference"), name="cpu")
+    dispatch.register_backend(cpu)
+    fresh.setattr(dispatch, "_MODULES", {})
+    x, cb = random_case(4, 2, 2, 3)
+    fresh.setenv("PQGAN_BACKEND", "reference")
+    dispatch.set_default_backend("cpu")
+    assert dispatch.resolve_backend("auto", x, cb) == "cpu"
+    dispatch.set_default_backend("auto")
+    assert dispatch._default is None and dispatch.resolve_backend("auto", x, cb) == "reference"
+    dispatch.set_default_backend(None)
+    assert dispatch.resolve_backend(None, x, cb) == "reference"
+    with pytest.raises(ValueError, match=r"unknown backend 'tpu'; expected 'auto' or one of"):
+        dispatch.set_default_backend("tpu")
+    with pytest.raises(ValueError, match=r"unknown backend 'tpu'; expected 'auto' or one of"):
+        dispatch.get_backend("tpu")
+
+
+def test_check_supports_passes_its_inputs_and_lists_devices():
+    seen = []
+    ref = dispatch.get_backend("reference")
+    two = dataclasses.replace(ref, devices=("cuda", "mps"), unsupported=lambda *a: seen.append(a))
+    assert two.check_supports(torch.zeros(1), None) == "backend 'reference' runs on cuda/mps tensors, got cpu"
+    x, cb = torch.zeros(2, 2), torch.zeros(1, 2, 2)
+    one = dataclasses.replace(ref, unsupported=lambda *a: seen.append(a))
+    assert one.check_supports(x, cb) is None
+    assert seen[-1][0] is x and seen[-1][1] is cb and seen[-1][2] == "l2"
