@@ -46,8 +46,8 @@ class CollapseMonitor:
         return (f"codebook collapse: {int(bad.sum())} of {bad.numel()} subspaces have perplexity < "
                 f"{self.min_perplexity:g} or use < {self.min_usage:.0%} of their codes for {self.streak} log steps "
                 f"(subspace {worst}: perplexity {float(perplexity[worst]):.2f}, "
-                f"{float(usage[worst]) * self.K:.0f} of {self.K} codes used). Try model.kmeans_init=true, "
-                f"model.dead_code_threshold>0 or model.codebook_init=uniform.")
+                f"{float(usage[worst]) * self.K:.0f} of {self.K} codes used). Try model.kmeans_init=true and "
+                f"model.dead_code_threshold=0.1 (as in tiny_f8_vq).")
 
 
 __all__ = ["CollapseMonitor"]
