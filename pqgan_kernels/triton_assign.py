@@ -22,6 +22,7 @@ routes them elsewhere).
 """
 from __future__ import annotations
 
+import contextlib
 import os
 
 import torch
@@ -34,7 +35,10 @@ MAX_BD = 128              # largest d chunk held at once by the dot kernel (bigg
 BIG_INDEX = tl.constexpr(2 ** 30)  # "no candidate" index inside the kernels
 MODES = ("exact", "fast")
 FAST_PRECISIONS = ("tf32", "bf16", "tf32x3")
-RECHECK = {"exact": 2, "fast": 4}
+# Candidate slots the dot kernel re-checks cheaply; a row with more (or a hidden one) takes the direct full scan.
+# Only speed depends on these, never the result (see _assign_dot_kernel and bound.py).
+RECHECK = {"exact": 4, "fast": 8}
+AUTOTUNE = os.environ.get("PQGAN_TRITON_AUTOTUNE", "1") != "0"  # 0: one fixed config (tests, quick checks)
 
 _mode = os.environ.get("PQGAN_TRITON_MODE", "exact")
 _fast_precision = os.environ.get("PQGAN_TRITON_FAST_PRECISION", "tf32")
@@ -75,20 +79,20 @@ def _cast_out(v, out_ptr, IS_INTERP: tl.constexpr):
 
 @triton.jit
 def _assign_small_kernel(x_ptr, cb_ptr, q_ptr, idx_ptr, N, K, stride_x, stride_q, n_bucket,
-                         D: tl.constexpr, COSINE: tl.constexpr, IS_INTERP: tl.constexpr,
+                         d: tl.constexpr, COSINE: tl.constexpr, IS_INTERP: tl.constexpr,
                          BM: tl.constexpr, BK: tl.constexpr):
     pid_m = tl.program_id(0)
     s = tl.program_id(1)
     rows = pid_m * BM + tl.arange(0, BM)
     rmask = rows < N
     rows64 = rows.to(tl.int64)
-    x_row = x_ptr + rows64 * stride_x + s * D
-    cb_s = cb_ptr + s.to(tl.int64) * K * D
+    x_row = x_ptr + rows64 * stride_x + s * d
+    cb_s = cb_ptr + s.to(tl.int64) * K * d
     cols = tl.arange(0, BK)
 
     if COSINE:
         xn = tl.zeros((BM,), tl.float32)
-        for j in tl.static_range(D):
+        for j in tl.static_range(d):
             xj = tl.load(x_row + j, mask=rmask, other=0.0).to(tl.float32)
             xn += xj * xj
         xnorm = tl.maximum(tl.sqrt_rn(xn), 1e-12)
@@ -99,21 +103,21 @@ def _assign_small_kernel(x_ptr, cb_ptr, q_ptr, idx_ptr, N, K, stride_x, stride_q
         kmask = k < K
         if COSINE:  # the oracle's F.normalize of both sides, then the sum of products
             cn = tl.zeros((BK,), tl.float32)
-            for j in tl.static_range(D):
-                c = tl.load(cb_s + k * D + j, mask=kmask, other=0.0).to(tl.float32)
+            for j in tl.static_range(d):
+                c = tl.load(cb_s + k * d + j, mask=kmask, other=0.0).to(tl.float32)
                 cn += c * c
             cnorm = tl.maximum(tl.sqrt_rn(cn), 1e-12)
             dot = tl.zeros((BM, BK), tl.float32)
-            for j in tl.static_range(D):
+            for j in tl.static_range(d):
                 xj = tl.load(x_row + j, mask=rmask, other=0.0).to(tl.float32)
-                c = tl.load(cb_s + k * D + j, mask=kmask, other=0.0).to(tl.float32)
+                c = tl.load(cb_s + k * d + j, mask=kmask, other=0.0).to(tl.float32)
                 dot += tl.div_rn(xj, xnorm)[:, None] * tl.div_rn(c, cnorm)[None, :]
             score = -dot
         else:
             score = tl.zeros((BM, BK), tl.float32)
-            for j in tl.static_range(D):
+            for j in tl.static_range(d):
                 xj = tl.load(x_row + j, mask=rmask, other=0.0).to(tl.float32)
-                c = tl.load(cb_s + k * D + j, mask=kmask, other=0.0).to(tl.float32)
+                c = tl.load(cb_s + k * d + j, mask=kmask, other=0.0).to(tl.float32)
                 diff = xj[:, None] - c[None, :]
                 score += diff * diff
         score = tl.where(kmask[None, :], score, float("inf"))
@@ -125,36 +129,36 @@ def _assign_small_kernel(x_ptr, cb_ptr, q_ptr, idx_ptr, N, K, stride_x, stride_q
     idx = tl.min(tl.where(run == best[:, None], run_idx, BIG_INDEX), axis=1)
     idx = tl.where(idx >= K, 0, idx)  # every score was +inf (overflow): the oracle's argmin gives 0
     tl.store(idx_ptr + rows64 * tl.num_programs(1) + s, idx.to(tl.int64), mask=rmask)
-    q_row = q_ptr + rows64 * stride_q + s * D
-    for j in tl.static_range(D):
-        c = tl.load(cb_s + idx * D + j, mask=rmask, other=0.0).to(tl.float32)
+    q_row = q_ptr + rows64 * stride_q + s * d
+    for j in tl.static_range(d):
+        c = tl.load(cb_s + idx * d + j, mask=rmask, other=0.0).to(tl.float32)
         tl.store(q_row + j, _cast_out(c, q_ptr, IS_INTERP), mask=rmask)
 
 
 # --- larger d: tl.dot kernel -------------------------------------------------------------------------------------
 
 @triton.jit
-def _load_x(x_row, rmask, dd, D: tl.constexpr, PRECISION: tl.constexpr, IS_INTERP: tl.constexpr):
-    """x tile (BM, BD) of columns dd, fp32 (rounded to bf16 for the bf16 search)."""
-    xt = tl.load(x_row[:, None] + dd[None, :], mask=rmask[:, None] & (dd[None, :] < D), other=0.0).to(tl.float32)
-    if PRECISION == "bf16":
-        xt = xt.to(tl.bfloat16)
-        if IS_INTERP:  # the interpreter's bf16 dot is wrong: keep the rounded values in fp32
-            xt = xt.to(tl.float32)
-    return xt
+def _load_centred(x_row, centre_s, rmask, dd, d: tl.constexpr):
+    """x' = fl(x - m) for columns dd of the rows: (BM, BD) fp32 (m = 0 for cosine)."""
+    m2 = rmask[:, None] & (dd[None, :] < d)
+    xt = tl.load(x_row[:, None] + dd[None, :], mask=m2, other=0.0).to(tl.float32)
+    m = tl.load(centre_s + dd, mask=dd < d, other=0.0)
+    return tl.where(m2, xt - m[None, :], 0.0)
 
 
 @triton.jit
-def _dot_chunk(acc, cn, xt, cb_s, k, kmask, dd, D: tl.constexpr, PRECISION: tl.constexpr,
-               IS_INTERP: tl.constexpr):
-    """acc (BM, BK) += x_chunk . c_chunk^T and cn (BK,) += |c_chunk|^2 for the codewords k, columns dd."""
-    ct = tl.load(cb_s + k[None, :] * D + dd[:, None], mask=(dd[:, None] < D) & kmask[None, :], other=0.0)
-    ct = ct.to(tl.float32)  # (BD, BK)
-    cn += tl.sum(ct * ct, axis=0)
+def _round_for(v, PRECISION: tl.constexpr, IS_INTERP: tl.constexpr):
+    """Operand of the search's tl.dot: bf16-rounded for the bf16 search (kept in fp32 by the interpreter)."""
     if PRECISION == "bf16":
-        ct = ct.to(tl.bfloat16)
-        if IS_INTERP:
-            ct = ct.to(tl.float32)
+        v = v.to(tl.bfloat16)
+        if IS_INTERP:  # the interpreter's bf16 dot is wrong: keep the rounded values in fp32
+            v = v.to(tl.float32)
+    return v
+
+
+@triton.jit
+def _dot(acc, xt, ct, PRECISION: tl.constexpr):
+    if PRECISION == "bf16":
         acc = tl.dot(xt, ct, acc, out_dtype=tl.float32)
     elif PRECISION == "tf32":
         acc = tl.dot(xt, ct, acc, input_precision="tf32")
@@ -162,109 +166,164 @@ def _dot_chunk(acc, cn, xt, cb_s, k, kmask, dd, D: tl.constexpr, PRECISION: tl.c
         acc = tl.dot(xt, ct, acc, input_precision="tf32x3")
     else:
         acc = tl.dot(xt, ct, acc, input_precision="ieee")
-    return acc, cn
+    return acc
 
 
 @triton.jit
-def _exact_chunk(e, cnorm, x_row, cb_s, code, rmask, dd, D: tl.constexpr, COSINE: tl.constexpr):
-    """The oracle's fp32 score pieces of codeword ``code`` (BM,) over columns dd: sum (x-c)^2, or x.c and |c|^2."""
-    m2 = rmask[:, None] & (dd[None, :] < D)
+def _search_chunk(acc, xt, cbc_s, k, kmask, dd, d: tl.constexpr, PRECISION: tl.constexpr, IS_INTERP: tl.constexpr):
+    """acc (BM, BK) += x'_chunk . c'_chunk^T for the codewords k, columns dd (centred codebook cbc_s)."""
+    ct = tl.load(cbc_s + k[None, :] * d + dd[:, None], mask=(dd[:, None] < d) & kmask[None, :], other=0.0)
+    return _dot(acc, _round_for(xt, PRECISION, IS_INTERP), _round_for(ct, PRECISION, IS_INTERP), PRECISION)
+
+
+@triton.jit
+def _direct_chunk(e, x_row, cb_s, code, rmask, dd, d: tl.constexpr, COSINE: tl.constexpr):
+    """The direct fp32 score pieces of codeword ``code`` (BM,) over columns dd: sum (x-c)^2 (l2) or sum x*c."""
+    m2 = rmask[:, None] & (dd[None, :] < d)
     xv = tl.load(x_row[:, None] + dd[None, :], mask=m2, other=0.0).to(tl.float32)
-    cv = tl.load(cb_s + code[:, None] * D + dd[None, :], mask=m2, other=0.0).to(tl.float32)
+    cv = tl.load(cb_s + code[:, None] * d + dd[None, :], mask=m2, other=0.0).to(tl.float32)
     if COSINE:
         e += tl.sum(xv * cv, axis=1)
-        cnorm += tl.sum(cv * cv, axis=1)
     else:
         diff = xv - cv
         e += tl.sum(diff * diff, axis=1)
-    return e, cnorm
+    return e
 
 
 @triton.jit
-def _gather_chunk(q_row, cb_s, idx, rmask, dd, D: tl.constexpr, IS_INTERP: tl.constexpr):
-    m2 = rmask[:, None] & (dd[None, :] < D)
-    cv = tl.load(cb_s + idx[:, None] * D + dd[None, :], mask=m2, other=0.0).to(tl.float32)
+def _gather_chunk(q_row, cb_s, idx, rmask, dd, d: tl.constexpr, IS_INTERP: tl.constexpr):
+    m2 = rmask[:, None] & (dd[None, :] < d)
+    cv = tl.load(cb_s + idx[:, None] * d + dd[None, :], mask=m2, other=0.0).to(tl.float32)
     tl.store(q_row[:, None] + dd[None, :], _cast_out(cv, q_row, IS_INTERP), mask=m2)
 
 
 @triton.jit
-def _assign_dot_kernel(x_ptr, cb_ptr, q_ptr, idx_ptr, approx_ptr, N, K, stride_x, stride_q, n_bucket,
-                       D: tl.constexpr, BD: tl.constexpr, COSINE: tl.constexpr, PRECISION: tl.constexpr,
+def _assign_dot_kernel(x_ptr, cb_ptr, cbc_ptr, centre_ptr, cn_ptr, rc_ptr, q_ptr, idx_ptr, approx_ptr,
+                       N, K, stride_x, stride_q, n_bucket, coef,
+                       d: tl.constexpr, BD: tl.constexpr, COSINE: tl.constexpr, PRECISION: tl.constexpr,
                        RECHECK_R: tl.constexpr, WRITE_APPROX: tl.constexpr, IS_INTERP: tl.constexpr,
                        BM: tl.constexpr, BK: tl.constexpr):
-    # d <= BD: one chunk, x tile loaded once, no inner loop. Bigger d: runtime loops over BD-wide chunks.
-    NUM_DC: tl.constexpr = (D + BD - 1) // BD
+    """Bound-checked search (see ``bound.py``): approximate scores on centred data with tl.dot, every code within
+    the row's bound B of the best re-checked with the direct formula; rows whose candidate set the per-slot state
+    can't enumerate (a slot's runner-up within B, or more than RECHECK_R candidate slots) take a direct full scan.
+
+    cbc (S, K, d) fp32: centred codebooks (l2) or the codebooks (cosine); centre (S, d) fp32 (zeros for cosine);
+    cn (S, K) fp32: |c'_k|^2 (l2) or max(|c_k|, 1e-12) (cosine); rc (S,) fp32: max_k |c'_k| (l2).
+    """
+    NUM_DC: tl.constexpr = (d + BD - 1) // BD
     pid_m = tl.program_id(0)
     s = tl.program_id(1)
     S = tl.num_programs(1)
+    s64 = s.to(tl.int64)
     rows = pid_m * BM + tl.arange(0, BM)
     rmask = rows < N
     rows64 = rows.to(tl.int64)
-    x_row = x_ptr + rows64 * stride_x + s * D
-    cb_s = cb_ptr + s.to(tl.int64) * K * D
+    x_row = x_ptr + rows64 * stride_x + s64 * d
+    cb_s = cb_ptr + s64 * K * d
+    cbc_s = cbc_ptr + s64 * K * d
+    centre_s = centre_ptr + s64 * d
+    cn_s = cn_ptr + s64 * K
     cols = tl.arange(0, BK)
     dj = tl.arange(0, BD)
-    if NUM_DC == 1:
-        xt = _load_x(x_row, rmask, dj, D, PRECISION, IS_INTERP)
 
+    x2 = tl.zeros((BM,), tl.float32)  # |x'|^2
+    for dc in range(NUM_DC):
+        xt = _load_centred(x_row, centre_s, rmask, dc * BD + dj, d)
+        x2 += tl.sum(xt * xt, axis=1)
+    if NUM_DC == 1:
+        xt = _load_centred(x_row, centre_s, rmask, dj, d)
+
+    # Per (row, slot): the smallest approximate score (index: the earliest code reaching it) and the runner-up.
     run = tl.full((BM, BK), float("inf"), tl.float32)
+    run2 = tl.full((BM, BK), float("inf"), tl.float32)
     run_idx = tl.full((BM, BK), BIG_INDEX, tl.int32)
     for k0 in range(0, K, BK):
         k = k0 + cols
         kmask = k < K
         acc = tl.zeros((BM, BK), tl.float32)
-        cn = tl.zeros((BK,), tl.float32)
         if NUM_DC == 1:
-            acc, cn = _dot_chunk(acc, cn, xt, cb_s, k, kmask, dj, D, PRECISION, IS_INTERP)
+            acc = _search_chunk(acc, xt, cbc_s, k, kmask, dj, d, PRECISION, IS_INTERP)
         else:
             for dc in range(NUM_DC):
                 dd = dc * BD + dj
-                acc, cn = _dot_chunk(acc, cn, _load_x(x_row, rmask, dd, D, PRECISION, IS_INTERP), cb_s, k, kmask,
-                                     dd, D, PRECISION, IS_INTERP)
+                acc = _search_chunk(acc, _load_centred(x_row, centre_s, rmask, dd, d), cbc_s, k, kmask, dd, d,
+                                    PRECISION, IS_INTERP)
+        cn = tl.load(cn_s + k, mask=kmask, other=1.0)
         if COSINE:
-            score = -tl.div_rn(acc, tl.maximum(tl.sqrt_rn(cn), 1e-12)[None, :])
+            score = -tl.div_rn(acc, cn[None, :])
         else:
             score = cn[None, :] - 2.0 * acc
         score = tl.where(kmask[None, :], score, float("inf"))
         better = score < run
+        run2 = tl.where(better, run, tl.minimum(run2, score))
         run = tl.where(better, score, run)
         run_idx = tl.where(better, k[None, :], run_idx)
 
-    # Re-check the R best column winners with the oracle's formula (fp32), ties -> lowest index.
+    best = tl.min(run, axis=1)
+    if COSINE:
+        scale = tl.sqrt(x2)
+    else:
+        r = tl.sqrt(x2) + tl.load(rc_ptr + s)
+        scale = r * r
+    thr = best + coef * scale
+    if WRITE_APPROX:
+        first = tl.min(tl.where(run == best[:, None], run_idx, BIG_INDEX), axis=1)
+        tl.store(approx_ptr + rows64 * S + s, tl.where(first >= K, 0, first).to(tl.int64), mask=rmask)
+    n_cand = tl.sum((run <= thr[:, None]).to(tl.int32), axis=1)
+    hidden = tl.max((run2 <= thr[:, None]).to(tl.int32), axis=1)
+    full_scan = (hidden > 0) | (n_cand > RECHECK_R) | ~(thr < float("inf"))
+
+    # Re-check the candidate slots (at most RECHECK_R) with the direct formula, ties -> lowest index.
     best_e = tl.full((BM,), float("inf"), tl.float32)
     best_i = tl.full((BM,), BIG_INDEX, tl.int32)
-    for r in tl.static_range(RECHECK_R):
+    for _r in tl.static_range(RECHECK_R):
         m = tl.min(run, axis=1)
         cand = tl.min(tl.where(run == m[:, None], run_idx, BIG_INDEX), axis=1)
-        if WRITE_APPROX and r == 0:
-            first = tl.where(cand >= K, 0, cand)
-            tl.store(approx_ptr + rows64 * S + s, first.to(tl.int64), mask=rmask)
         run = tl.where(run_idx == cand[:, None], float("inf"), run)
-        valid = cand < K
+        valid = (cand < K) & (m <= thr)
         cand_safe = tl.where(valid, cand, 0)
         e = tl.zeros((BM,), tl.float32)
-        cnorm = tl.zeros((BM,), tl.float32)
-        if NUM_DC == 1:
-            e, cnorm = _exact_chunk(e, cnorm, x_row, cb_s, cand_safe, rmask, dj, D, COSINE)
-        else:
-            for dc in range(NUM_DC):
-                e, cnorm = _exact_chunk(e, cnorm, x_row, cb_s, cand_safe, rmask, dc * BD + dj, D, COSINE)
+        for dc in range(NUM_DC):
+            e = _direct_chunk(e, x_row, cb_s, cand_safe, rmask, dc * BD + dj, d, COSINE)
         if COSINE:
-            e = -tl.div_rn(e, tl.maximum(tl.sqrt_rn(cnorm), 1e-12))
+            e = -tl.div_rn(e, tl.load(cn_s + cand_safe))
         e = tl.where(valid, e, float("inf"))
         cand_key = tl.where(valid, cand, BIG_INDEX)
         better = (e < best_e) | ((e == best_e) & (cand_key < best_i))
         best_e = tl.where(better, e, best_e)
         best_i = tl.where(better, cand_key, best_i)
 
-    idx = tl.where(best_i >= K, 0, best_i)
+    if tl.max((full_scan & rmask).to(tl.int32), axis=0) > 0:
+        # Direct scan of every code for this block (rare: near-ties beyond the slot state, or overflow).
+        run = tl.full((BM, BK), float("inf"), tl.float32)
+        run_idx = tl.full((BM, BK), BIG_INDEX, tl.int32)
+        for k0 in range(0, K, BK):
+            k = k0 + cols
+            kmask = k < K
+            e = tl.zeros((BM, BK), tl.float32)
+            for j in range(d):
+                xj = tl.load(x_row + j, mask=rmask, other=0.0).to(tl.float32)
+                c = tl.load(cb_s + k * d + j, mask=kmask, other=0.0).to(tl.float32)
+                if COSINE:
+                    e += xj[:, None] * c[None, :]
+                else:
+                    diff = xj[:, None] - c[None, :]
+                    e += diff * diff
+            if COSINE:
+                e = -tl.div_rn(e, tl.load(cn_s + k, mask=kmask, other=1.0)[None, :])
+            e = tl.where(kmask[None, :], e, float("inf"))
+            better = e < run
+            run = tl.where(better, e, run)
+            run_idx = tl.where(better, k[None, :], run_idx)
+        scan_best = tl.min(run, axis=1)
+        scan_idx = tl.min(tl.where(run == scan_best[:, None], run_idx, BIG_INDEX), axis=1)
+        best_i = tl.where(full_scan, scan_idx, best_i)
+
+    idx = tl.where(best_i >= K, 0, best_i)  # every score +inf (overflow): the oracle's argmin gives 0
     tl.store(idx_ptr + rows64 * S + s, idx.to(tl.int64), mask=rmask)
-    q_row = q_ptr + rows64 * stride_q + s * D
-    if NUM_DC == 1:
-        _gather_chunk(q_row, cb_s, idx, rmask, dj, D, IS_INTERP)
-    else:
-        for dc in range(NUM_DC):
-            _gather_chunk(q_row, cb_s, idx, rmask, dc * BD + dj, D, IS_INTERP)
+    q_row = q_ptr + rows64 * stride_q + s64 * d
+    for dc in range(NUM_DC):
+        _gather_chunk(q_row, cb_s, idx, rmask, dc * BD + dj, d, IS_INTERP)
 
 
 # --- launch ------------------------------------------------------------------------------------------------------
@@ -278,10 +337,10 @@ _SMALL_CONFIGS = [triton.Config({"BM": bm, "BK": bk}, num_warps=w, num_stages=1)
 _DOT_CONFIGS = [triton.Config({"BM": bm, "BK": bk}, num_warps=w, num_stages=st)
                 for bm, bk, w, st in [(32, 64, 4, 2), (64, 32, 4, 3), (64, 64, 4, 2), (64, 64, 8, 2),
                                       (128, 64, 8, 2), (32, 128, 4, 2), (128, 32, 8, 3), (32, 64, 4, 3)]]
-_INTERP_META = {"BM": 32, "BK": 64}  # one fixed small config under the interpreter (autotune there is slow)
+_FIXED_META = {"BM": 32, "BK": 64}  # the config under the interpreter (autotune there is slow) or AUTOTUNE off
 
-_small_tuned = triton.autotune(_SMALL_CONFIGS, key=["n_bucket", "K", "D", "COSINE"])(_assign_small_kernel)
-_dot_tuned = triton.autotune(_DOT_CONFIGS, key=["n_bucket", "K", "D", "PRECISION", "RECHECK_R", "COSINE"])(
+_small_tuned = triton.autotune(_SMALL_CONFIGS, key=["n_bucket", "K", "d", "COSINE"])(_assign_small_kernel)
+_dot_tuned = triton.autotune(_DOT_CONFIGS, key=["n_bucket", "K", "d", "PRECISION", "RECHECK_R", "COSINE"])(
     _assign_dot_kernel)
 
 
@@ -299,7 +358,29 @@ def _bucket(n: int) -> int:
     return 1 << max(0, (n - 1).bit_length())
 
 
+def _prepare_codebooks(codebooks: torch.Tensor, cosine: bool):
+    """The dot kernel's codebook side, fp32: (cbc (S, K, d), centre (S, d), cn (S, K), rc (S,)) -- see the kernel."""
+    cbf = codebooks.float()
+    if cosine:
+        centre = torch.zeros_like(cbf[:, 0])
+        cn = cbf.square().sum(-1).sqrt().clamp_min(1e-12)
+        return cbf.contiguous(), centre, cn.contiguous(), cn.amax(-1)
+    centre = cbf.mean(1)
+    cbc = (cbf - centre[:, None]).contiguous()  # fl(c - m): the centring bound.py assumes
+    cn = cbc.square().sum(-1)
+    return cbc, centre.contiguous(), cn.contiguous(), cn.amax(-1).sqrt().contiguous()
+
+
+def _run(kernel, tuned, grid_rows, S, args, meta, **extra):
+    """Launch on the inputs' device: one fixed config under the interpreter or with autotuning off."""
+    if INTERPRET or not AUTOTUNE:
+        kernel[(triton.cdiv(grid_rows, _FIXED_META["BM"]), S)](*args, **meta, **_FIXED_META, **extra)
+    else:
+        tuned[lambda m: (triton.cdiv(grid_rows, m["BM"]), S)](*args, **meta, **extra)
+
+
 def _launch(x, codebooks, distance, mode, precision, want_approx):
+    from .bound import bound_coefficient
     if distance not in ("l2", "cosine"):
         raise ValueError(f"distance must be 'l2' or 'cosine', got {distance!r}")
     reason = unsupported(x, codebooks, distance)
@@ -313,27 +394,22 @@ def _launch(x, codebooks, distance, mode, precision, want_approx):
     indices = torch.empty((N, S), dtype=torch.int64, device=x.device)
     approx = torch.empty((N, S), dtype=torch.int64, device=x.device) if want_approx else indices
     cosine = distance == "cosine"
-    use_small = d <= SMALL_D_MAX and not want_approx
-    common = (x, codebooks, quantized)
-    if use_small:
-        args = common + (indices, N, K, x.stride(0), quantized.stride(0), _bucket(N))
-        meta = dict(D=d, COSINE=cosine, IS_INTERP=INTERPRET)
-        if INTERPRET:
-            _assign_small_kernel[(triton.cdiv(N, _INTERP_META["BM"]), S)](*args, **meta, **_INTERP_META)
+    guard = torch.cuda.device(x.device) if x.device.type == "cuda" else contextlib.nullcontext()
+    with guard:
+        if d <= SMALL_D_MAX and not want_approx:
+            args = (x, codebooks, quantized, indices, N, K, x.stride(0), quantized.stride(0), _bucket(N))
+            extra = {} if INTERPRET else {"enable_fp_fusion": False}
+            _run(_assign_small_kernel, _small_tuned, N, S, args, dict(d=d, COSINE=cosine, IS_INTERP=INTERPRET),
+                 **extra)
         else:
-            grid = lambda m: (triton.cdiv(N, m["BM"]), S)  # noqa: E731
-            _small_tuned[grid](*args, **meta, enable_fp_fusion=False)
-    else:
-        prec = "ieee" if mode == "exact" else precision
-        bd = max(16, triton.next_power_of_2(d)) if d <= MAX_BD else 32  # big d: 32-wide chunks (64 spills)
-        args = common + (indices, approx, N, K, x.stride(0), quantized.stride(0), _bucket(N))
-        meta = dict(D=d, BD=bd, COSINE=cosine, PRECISION=prec, RECHECK_R=min(RECHECK[mode], K),
-                    WRITE_APPROX=want_approx, IS_INTERP=INTERPRET)
-        if INTERPRET:
-            _assign_dot_kernel[(triton.cdiv(N, _INTERP_META["BM"]), S)](*args, **meta, **_INTERP_META)
-        else:
-            grid = lambda m: (triton.cdiv(N, m["BM"]), S)  # noqa: E731
-            _dot_tuned[grid](*args, **meta)
+            prec = "ieee" if mode == "exact" else precision
+            cbc, centre, cn, rc = _prepare_codebooks(codebooks, cosine)
+            bd = max(16, triton.next_power_of_2(d)) if d <= MAX_BD else 32  # big d: 32-wide chunks (64 spills)
+            args = (x, codebooks, cbc, centre, cn, rc, quantized, indices, approx, N, K, x.stride(0),
+                    quantized.stride(0), _bucket(N), bound_coefficient(d, prec))
+            meta = dict(d=d, BD=bd, COSINE=cosine, PRECISION=prec, RECHECK_R=RECHECK[mode],
+                        WRITE_APPROX=want_approx, IS_INTERP=INTERPRET)
+            _run(_assign_dot_kernel, _dot_tuned, N, S, args, meta)
     return quantized, indices, (approx if want_approx else None)
 
 
