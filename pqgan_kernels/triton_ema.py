@@ -11,6 +11,8 @@ The apply step (``reference.pq_ema_apply_`` semantics) is one kernel, one progra
 """
 from __future__ import annotations
 
+import contextlib
+
 import torch
 import triton
 import triton.language as tl
@@ -22,31 +24,34 @@ MAX_BD = 128
 
 @triton.jit
 def _scatter_kernel(x_ptr, idx_ptr, sums_ptr, counts_ptr, N, K, stride_x,
-                    D: tl.constexpr, BD: tl.constexpr, WITH_COUNTS: tl.constexpr, BM: tl.constexpr):
-    NUM_DC: tl.constexpr = (D + BD - 1) // BD
+                    d: tl.constexpr, BD: tl.constexpr, WITH_COUNTS: tl.constexpr, BM: tl.constexpr):
+    NUM_DC: tl.constexpr = (d + BD - 1) // BD
     pid_m = tl.program_id(0)
-    s = tl.program_id(1)
+    s = tl.program_id(1).to(tl.int64)
     S = tl.num_programs(1)
     rows = pid_m * BM + tl.arange(0, BM)
-    rmask = rows < N
     rows64 = rows.to(tl.int64)
-    code = tl.load(idx_ptr + rows64 * S + s, mask=rmask, other=0).to(tl.int64)
-    base = s.to(tl.int64) * K + code  # (BM,) flat code id
+    code = tl.load(idx_ptr + rows64 * S + s, mask=rows < N, other=0).to(tl.int64)
+    rmask = (rows < N) & (code >= 0) & (code < K)  # out-of-range indices are skipped, whatever the value checks say
+    base = s * K + code  # (BM,) flat code id
     if WITH_COUNTS:
         ones = tl.full((BM,), 1.0, tl.float32)
         tl.atomic_add(counts_ptr + base, ones, mask=rmask, sem="relaxed")
     dj = tl.arange(0, BD)
     for dc in range(NUM_DC):  # a runtime loop: big d must not unroll
         dd = dc * BD + dj
-        m2 = rmask[:, None] & (dd[None, :] < D)
-        v = tl.load(x_ptr + rows64[:, None] * stride_x + s * D + dd[None, :], mask=m2, other=0.0).to(tl.float32)
-        tl.atomic_add(sums_ptr + base[:, None] * D + dd[None, :], v, mask=m2, sem="relaxed")
+        m2 = rmask[:, None] & (dd[None, :] < d)
+        v = tl.load(x_ptr + rows64[:, None] * stride_x + s * d + dd[None, :], mask=m2, other=0.0).to(tl.float32)
+        tl.atomic_add(sums_ptr + base[:, None] * d + dd[None, :], v, mask=m2, sem="relaxed")
 
 
 @triton.jit
 def _ema_apply_kernel(cb_ptr, cs_ptr, es_ptr, counts_ptr, sums_ptr, K, decay, one_minus_decay, eps, k_eps,
-                      D: tl.constexpr, BD: tl.constexpr, BK: tl.constexpr):
-    NUM_DC: tl.constexpr = (D + BD - 1) // BD
+                      d: tl.constexpr, BD: tl.constexpr, BK: tl.constexpr):
+    """One program per subspace. Race-free by construction: the updated cluster sizes are computed from the
+    inputs twice (the same arithmetic, so the same values) -- once to sum them, once to store and use them --
+    and never stored then re-read in another thread layout."""
+    NUM_DC: tl.constexpr = (d + BD - 1) // BD
     s = tl.program_id(0).to(tl.int64)
     ks = tl.arange(0, BK)
     n_vec = tl.zeros((BK,), tl.float32)
@@ -55,27 +60,34 @@ def _ema_apply_kernel(cb_ptr, cs_ptr, es_ptr, counts_ptr, sums_ptr, K, decay, on
         km = k < K
         cs = tl.load(cs_ptr + s * K + k, mask=km, other=0.0).to(tl.float32)
         cnt = tl.load(counts_ptr + s * K + k, mask=km, other=0.0)
-        cs = cs * decay + cnt * one_minus_decay
-        tl.store(cs_ptr + s * K + k, cs.to(cs_ptr.dtype.element_ty), mask=km)
-        n_vec += tl.where(km, cs.to(cs_ptr.dtype.element_ty).to(tl.float32), 0.0)
+        cs = (cs * decay + cnt * one_minus_decay).to(cs_ptr.dtype.element_ty)
+        n_vec += tl.where(km, cs.to(tl.float32), 0.0)
     n = tl.sum(n_vec, axis=0)
     dj = tl.arange(0, BD)
     for k0 in range(0, K, BK):
         k = k0 + ks
         km = k < K
-        cs = tl.load(cs_ptr + s * K + k, mask=km, other=1.0).to(tl.float32)
-        smoothed = (cs + eps) / (n + k_eps) * n
+        cs = tl.load(cs_ptr + s * K + k, mask=km, other=0.0).to(tl.float32)
+        cnt = tl.load(counts_ptr + s * K + k, mask=km, other=0.0)
+        cs = (cs * decay + cnt * one_minus_decay).to(cs_ptr.dtype.element_ty)
+        tl.store(cs_ptr + s * K + k, cs, mask=km)
+        smoothed = tl.div_rn(cs.to(tl.float32) + eps, n + k_eps) * n
+        smoothed = tl.where(km, smoothed, 1.0)
         for dc in range(NUM_DC):  # a runtime loop: big d must not unroll
             dd = dc * BD + dj
-            m2 = km[:, None] & (dd[None, :] < D)
-            off = (s * K + k[:, None]) * D + dd[None, :]
+            m2 = km[:, None] & (dd[None, :] < d)
+            off = (s * K + k[:, None]) * d + dd[None, :]
             es = tl.load(es_ptr + off, mask=m2, other=0.0).to(tl.float32)
             sm = tl.load(sums_ptr + off, mask=m2, other=0.0)
-            es = es * decay + sm * one_minus_decay
-            es = es.to(es_ptr.dtype.element_ty)
+            es = (es * decay + sm * one_minus_decay).to(es_ptr.dtype.element_ty)
             tl.store(es_ptr + off, es, mask=m2)
-            cb = es.to(tl.float32) / smoothed[:, None]
+            cb = tl.div_rn(es.to(tl.float32), smoothed[:, None])
             tl.store(cb_ptr + off, cb.to(cb_ptr.dtype.element_ty), mask=m2)
+
+
+def _on(device: torch.device):
+    """Launch under the tensors' device (a GPU other than the current one), or nothing on the CPU."""
+    return torch.cuda.device(device) if device.type == "cuda" else contextlib.nullcontext()
 
 
 def _check(t: torch.Tensor, name: str) -> None:
@@ -92,8 +104,11 @@ def _scatter(values: torch.Tensor, indices: torch.Tensor, num_codes: int, with_c
     counts = torch.zeros((S, num_codes), dtype=torch.float32, device=values.device) if with_counts else sums
     bd = min(MAX_BD, triton.next_power_of_2(d))
     bm = max(16, min(128, 4096 // bd))
-    _scatter_kernel[(triton.cdiv(N, bm), S)](values, indices, sums, counts, N, num_codes, values.stride(0),
-                                            D=d, BD=bd, WITH_COUNTS=with_counts, BM=bm, num_warps=4)
+    if S > 65535:
+        raise ValueError(f"backend 'triton' supports at most 65535 subspaces, got S={S}")
+    with _on(values.device):
+        _scatter_kernel[(triton.cdiv(N, bm), S)](values, indices, sums, counts, N, num_codes, values.stride(0),
+                                                d=d, BD=bd, WITH_COUNTS=with_counts, BM=bm, num_warps=4)
     return counts, sums
 
 
@@ -119,5 +134,6 @@ def ema_update(x, indices, codebooks, cluster_size, embed_sum, decay: float, eps
     S, K, d = codebooks.shape
     bd = min(MAX_BD, triton.next_power_of_2(d))
     bk = max(16, min(1024, 4096 // bd))
-    _ema_apply_kernel[(S,)](codebooks, cluster_size, embed_sum, counts, sums, K, float(decay), 1.0 - float(decay),
-                            float(eps), K * float(eps), D=d, BD=bd, BK=bk, num_warps=4)
+    with _on(codebooks.device):
+        _ema_apply_kernel[(S,)](codebooks, cluster_size, embed_sum, counts, sums, K, float(decay),
+                                1.0 - float(decay), float(eps), K * float(eps), d=d, BD=bd, BK=bk, num_warps=4)
