@@ -520,7 +520,7 @@ def plot(report: dict, path: Path) -> None:
     import matplotlib.pyplot as plt
 
     configs = list(report["configs"])
-    contenders = list(report["contenders"])
+    contenders = [n for n in report["contenders"] if any(r["contender"] == n for r in report["results"])]
     fig, axes = plt.subplots(1, len(MEASUREMENTS), figsize=(6 * len(MEASUREMENTS), 4.5), squeeze=False)
     width = 0.8 / max(1, len(contenders))
     for ax, what in zip(axes[0], MEASUREMENTS):
@@ -531,13 +531,13 @@ def plot(report: dict, path: Path) -> None:
                 m = r["measurements"][what] if r else None
                 if m and m["status"] == "ok":
                     xs.append(i + (j - (len(contenders) - 1) / 2) * width)
-                    ys.append(m["median_ms"])
+                    ys.append(1e3 * m["median_ms"] / r["N"])  # per row: some contenders ran on fewer rows
             if xs:
                 ax.bar(xs, ys, width=width, label=name, color=f"C{j % 10}")  # same colour in every panel
         ax.set_yscale("log")
         ax.set_xticks(range(len(configs)))
         ax.set_xticklabels([f"{c}\nN={report['configs'][c]['N']}" for c in configs], fontsize=8)
-        ax.set_ylabel("median ms (log)")
+        ax.set_ylabel("median µs per row (log)")
         ax.set_title(what)
     handles, labels = [], []
     for ax in axes[0]:

