@@ -8,6 +8,7 @@ Checks that need the values (NaN/Inf, index range) synchronise with the device; 
 """
 from __future__ import annotations
 
+import math
 import os
 
 import torch
@@ -108,7 +109,7 @@ def check_ema_inputs(x, indices, codebooks, cluster_size, embed_sum, decay: floa
     if tuple(embed_sum.shape) != (S, K, d):
         raise ValueError(f"embed_sum must be (S, K, d) = ({S}, {K}, {d}), got {tuple(embed_sum.shape)}")
     check_same_device(x=x, indices=indices, codebooks=codebooks, cluster_size=cluster_size, embed_sum=embed_sum)
-    if not 0.0 <= decay <= 1.0:
-        raise ValueError(f"decay must be in [0, 1], got {decay}")
-    if not eps > 0.0:
-        raise ValueError(f"eps must be > 0, got {eps}")
+    if not 0.0 <= decay <= 1.0:  # NaN fails this too
+        raise ValueError(f"decay must be a finite number in [0, 1], got {decay}")
+    if not (math.isfinite(eps) and eps > 0.0):
+        raise ValueError(f"eps must be a finite number > 0, got {eps}")
