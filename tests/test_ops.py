@@ -144,3 +144,141 @@ def test_torch_compile_fullgraph_of_the_ops():
     q, idx = fn(x, cb)
     q0, idx0 = pqgan_kernels.pq_assign(x, cb, backend="reference")
     assert torch.equal(idx, idx0) and torch.equal(q, q0 * 2)
+
+
+# --- the public wrappers of the other ops: values, dtypes, backends and named errors ------------------------------
+
+def test_pq_codebook_grad_wrapper_values_and_dtype():
+    idx = torch.tensor([[0, 2], [0, 1], [1, 2]])
+    g = torch.arange(12, dtype=torch.float16).reshape(3, 4)           # rows (0,1 | 2,3), (4,5 | 6,7), (8,9 | 10,11)
+    grad = pqgan_kernels.pq_codebook_grad(g, idx, 3, backend="reference")
+    expected = torch.zeros(2, 3, 2)
+    expected[0, 0] = torch.tensor([0.0, 1.0]) + torch.tensor([4.0, 5.0])
+    expected[0, 1] = torch.tensor([8.0, 9.0])
+    expected[1, 2] = torch.tensor([2.0, 3.0]) + torch.tensor([10.0, 11.0])
+    expected[1, 1] = torch.tensor([6.0, 7.0])
+    assert grad.dtype == torch.float32 and torch.equal(grad, expected)
+    assert torch.equal(pqgan_kernels.pq_codebook_grad(g.float(), idx, 3), expected)        # default: auto
+
+
+@pytest.mark.parametrize("make,err,match", [
+    (lambda g, i: (g.long(), i), TypeError, "grad_quantized must be float16, bfloat16, float32 or float64"),
+    (lambda g, i: (g, i.float()), TypeError, "indices must be int32 or int64"),
+    (lambda g, i: (g, i[None]), ValueError, r"do not match: \(3, 4\) vs \(1, 3, 2\)"),
+    (lambda g, i: (g[None], i), ValueError, r"do not match: \(1, 3, 4\) vs \(3, 2\)"),
+    (lambda g, i: (g[:2], i), ValueError, r"do not match: \(2, 4\) vs \(3, 2\)"),
+    (lambda g, i: (g[:, :3], i), ValueError, r"do not match: \(3, 3\) vs \(3, 2\)"),
+    (lambda g, i: (g, i.to("meta")), ValueError, "grad_quantized on cpu, indices on meta"),
+    (lambda g, i: (g, i + 3), ValueError, "outside"),
+])
+def test_pq_codebook_grad_wrapper_bad_input(make, err, match):
+    g, i = make(torch.zeros(3, 4), torch.zeros(3, 2, dtype=torch.long))
+    with pytest.raises(err, match=match):
+        pqgan_kernels.pq_codebook_grad(g, i, 3)
+
+
+def test_one_subspace_of_odd_width_is_valid():
+    g, x = torch.ones(3, 3), torch.arange(9.0).reshape(3, 3)
+    idx = torch.tensor([[1], [1], [0]])
+    assert pqgan_kernels.pq_codebook_grad(g, idx, 2).tolist() == [[[1.0, 1.0, 1.0], [2.0, 2.0, 2.0]]]
+    counts, sums = pqgan_kernels.pq_ema_stats(x, idx, 2)
+    assert counts.tolist() == [[1.0, 2.0]] and sums.tolist() == [[[6.0, 7.0, 8.0], [3.0, 5.0, 7.0]]]
+
+
+@pytest.mark.parametrize("make,err,match", [
+    (lambda x, i: (x.long(), i), TypeError, "x must be float16, bfloat16, float32 or float64"),
+    (lambda x, i: (x, i.float()), TypeError, "indices must be int32 or int64"),
+    (lambda x, i: (x, i[None]), ValueError, r"do not match: \(3, 4\) vs \(1, 3, 2\)"),
+    (lambda x, i: (x[None], i), ValueError, r"do not match: \(1, 3, 4\) vs \(3, 2\)"),
+    (lambda x, i: (x[:2], i), ValueError, r"do not match: \(2, 4\) vs \(3, 2\)"),
+    (lambda x, i: (x[:, :3], i), ValueError, r"do not match: \(3, 3\) vs \(3, 2\)"),
+    (lambda x, i: (x[:0], i[:0]), ValueError, r"x is an empty batch \(N = 0\)"),
+    (lambda x, i: (x, i.to("meta")), ValueError, "x on cpu, indices on meta"),
+])
+def test_pq_ema_stats_wrapper_bad_input(make, err, match):
+    x, i = make(torch.zeros(3, 4), torch.zeros(3, 2, dtype=torch.long))
+    with pytest.raises(err, match=match):
+        pqgan_kernels.pq_ema_stats(x, i, 3)
+
+
+def test_pq_ema_stats_wrapper_values_one_row():
+    x = torch.tensor([[1.0, 2.0, 3.0, 4.0]])
+    counts, sums = pqgan_kernels.pq_ema_stats(x, torch.tensor([[2, 0]]), 3)        # N = 1 is a batch too
+    assert counts.tolist() == [[0.0, 0.0, 1.0], [1.0, 0.0, 0.0]]
+    assert sums.tolist() == [[[0.0, 0.0], [0.0, 0.0], [1.0, 2.0]], [[3.0, 4.0], [0.0, 0.0], [0.0, 0.0]]]
+
+
+def test_pq_lookup_wrapper_values_gradient_and_errors():
+    cb = torch.arange(12.0).reshape(2, 3, 2).requires_grad_(True)
+    idx = torch.tensor([[2, 0], [1, 1]])
+    out = pqgan_kernels.pq_lookup(cb, idx)
+    assert out.tolist() == [[4.0, 5.0, 6.0, 7.0], [2.0, 3.0, 8.0, 9.0]]
+    out.sum().backward()
+    assert cb.grad.sum(-1).tolist() == [[0.0, 2.0, 2.0], [2.0, 2.0, 0.0]]   # times chosen x d
+    with pytest.raises(TypeError, match="codebooks must be float16, bfloat16, float32 or float64"):
+        pqgan_kernels.pq_lookup(cb.detach().long(), idx)
+    with pytest.raises(ValueError, match=r"codebooks must be \(S, K, d\), got shape \(2, 3\)"):
+        pqgan_kernels.pq_lookup(cb.detach()[0, :, :].t(), idx)
+    with pytest.raises(TypeError, match="indices must be int32 or int64"):
+        pqgan_kernels.pq_lookup(cb.detach(), idx.float())
+    with pytest.raises(ValueError, match=r"indices must be \(N, 2\), got shape \(2, 1\)"):
+        pqgan_kernels.pq_lookup(cb.detach(), idx[:, :1])
+    with pytest.raises(ValueError, match=r"indices must be \(N, 2\), got shape \(4,\)"):
+        pqgan_kernels.pq_lookup(cb.detach(), idx.flatten())
+    with pytest.raises(ValueError, match="outside"):
+        pqgan_kernels.pq_lookup(cb.detach(), idx + 1)
+
+
+def test_gradient_dtypes_follow_the_inputs():
+    x = torch.randn(10, 4, generator=torch.Generator().manual_seed(1))
+    cb = torch.randn(2, 3, 2, generator=torch.Generator().manual_seed(2)).half().requires_grad_(True)
+    q, _ = pqgan_kernels.pq_assign(x, cb, backend="reference")
+    q.sum().backward()
+    assert cb.grad.dtype == torch.float16
+    g = torch.randn(10, 4, dtype=torch.float16, requires_grad=True)
+    idx = torch.randint(0, 3, (10, 2))
+    out = pqgan_kernels.pq_codebook_grad(g, idx, 3, backend="reference")
+    assert out.dtype == torch.float32
+    (out * torch.arange(12.0).reshape(2, 3, 2)).sum().backward()           # d/dg: the lookup of the weights
+    assert g.grad.dtype == torch.float16
+    assert torch.equal(g.grad.float(), reference.pq_lookup(torch.arange(12.0).reshape(2, 3, 2), idx))
+
+
+def test_resolved_backend_defaults_and_inputs(monkeypatch):
+    from pqgan_kernels import dispatch
+    monkeypatch.setattr(dispatch, "_default", None)
+    monkeypatch.delenv("PQGAN_BACKEND", raising=False)
+    x = torch.zeros(2, 4)
+    auto = "cpu" if "cpu" in pqgan_kernels.available_backends() else "reference"
+    assert pqgan_kernels.resolved_backend(x) == auto
+    assert pqgan_kernels.resolved_backend(x, backend="reference") == "reference"
+    if "triton" in pqgan_kernels.available_backends():             # triton refuses float64 codebooks
+        with pytest.raises(ValueError, match="float64 codebooks"):
+            pqgan_kernels.resolved_backend(x, torch.zeros(2, 3, 2, dtype=torch.float64), "triton")
+        with pytest.raises(ValueError, match="float64 codebooks"):
+            pqgan_kernels.pq_assign(x, torch.zeros(2, 3, 2, dtype=torch.float64), backend="triton")
+        with pytest.raises(ValueError, match="float64 codebooks"):
+            pqgan_kernels.pq_ema_update(x, torch.zeros(2, 2, dtype=torch.long),
+                                        torch.zeros(2, 3, 2, dtype=torch.float64),
+                                        torch.ones(2, 3, dtype=torch.float64),
+                                        torch.zeros(2, 3, 2, dtype=torch.float64), backend="triton")
+
+
+def test_the_distance_reaches_the_backend_choice(monkeypatch):
+    """A backend that refuses cosine is skipped by auto for cosine only (the wrapper passes the distance on)."""
+    import dataclasses
+
+    from pqgan_kernels import dispatch
+    first = dispatch.auto_order(torch.device("cpu"), None, None)[0]
+    if first not in pqgan_kernels.available_backends():
+        pytest.skip(f"{first} unavailable")
+    real = dispatch.get_backend(first)
+    monkeypatch.setitem(dispatch._registry, first, dataclasses.replace(
+        real, unsupported=lambda x, cb, distance: "no cosine" if distance == "cosine" else None))
+    monkeypatch.setattr(dispatch, "_default", None)
+    monkeypatch.delenv("PQGAN_BACKEND", raising=False)
+    x, cb = random_case(6, 2, 2, 3)
+    assert pqgan_kernels.resolved_backend(x, cb) == first
+    assert dispatch.resolve_backend("auto", x, cb, "cosine") == "reference"
+    with pytest.raises(ValueError, match="no cosine"):
+        pqgan_kernels.pq_assign(x, cb, distance="cosine", backend=first)
