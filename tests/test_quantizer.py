@@ -399,3 +399,107 @@ def test_torch_compile_module_fullgraph(ema):
     loss_c, _ = compiled(x)
     loss_c.backward()
     assert not torch.equal(before, pq.cluster_size)
+
+
+@pytest.mark.parametrize("args,kwargs,match", [
+    ((0, 1, 4), {}, r"dim, num_subspaces and codebook_size must be >= 1, got 0, 1, 4"),
+    ((4, 0, 4), {}, r"must be >= 1, got 4, 0, 4"),
+    ((4, 1, 0), {}, r"must be >= 1, got 4, 1, 0"),
+    ((10, 4, 6), {}, r"dim \(10\) must be divisible by num_subspaces \(4\)"),
+    ((8, 4, 6), {"ema_decay": 1.0}, r"ema_decay must be in \[0, 1\) or None, got 1.0"),
+    ((8, 4, 6), {"ema_decay": -0.1}, r"ema_decay must be in \[0, 1\) or None, got -0.1"),
+    ((8, 4, 6), {"distance": "l1"}, r"distance must be one of \('l2', 'cosine'\), got 'l1'"),
+    ((8, 4, 6), {"backend": "gpu"}, r"backend must be 'auto' or one of .*, got 'gpu'"),
+    ((8, 4, 6), {"codebook_init": "zeros"}, r"codebook_init must be 'normal' or 'uniform', got 'zeros'"),
+])
+def test_bad_construction_names_the_argument(args, kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        ProductQuantizer(*args, **kwargs)
+
+
+def test_construction_boundaries_and_attributes():
+    pq = ProductQuantizer(6, 3, 5, ema_decay=0.0, backend="reference", codebook_weight=0.7, commitment_weight=0.2)
+    assert (pq.dim, pq.num_subspaces, pq.codebook_size, pq.subspace_dim) == (6, 3, 5, 2)
+    assert pq.use_ema and pq.usage_decay == 0.0 and pq.eps == 1e-5 and pq.backend == "reference"
+    assert pq.codebooks.shape == pq.embed_sum.shape == (3, 5, 2) and torch.equal(pq.codebooks, pq.embed_sum)
+    assert torch.equal(pq.cluster_size, torch.ones(3, 5)) and bool(pq.initted) and int(pq.usage_steps) == 0
+    assert ProductQuantizer(6, 3, 5, ema_decay=None).usage_decay == 0.99
+    assert not bool(ProductQuantizer(6, 3, 5, kmeans_init=True).initted)
+    assert pq.bits_per_position == 3 * 3 and ProductQuantizer(128, 64, 512).bits_per_position == 64 * 9
+    assert repr(pq) == ("ProductQuantizer(dim=6, num_subspaces=3, codebook_size=5, subspace_dim=2, ema_decay=0.0, "
+                        "distance='l2', backend='reference')")
+    assert ProductQuantizer(1, 1, 1).codebooks.shape == (1, 1, 1)
+
+
+def test_uniform_and_normal_codebook_init():
+    uni = ProductQuantizer(64, 32, 50, codebook_init="uniform", ema_decay=None)
+    assert uni.codebooks.abs().max() <= 1 / 50 and uni.codebooks.std() > 0.5 / 50 / 3 ** 0.5
+    normal = ProductQuantizer(64, 32, 50)
+    assert 0.9 < float(normal.codebooks.std()) < 1.1 and torch.equal(normal.codebooks, normal.embed_sum)
+
+
+def test_checkpoints_without_usage_steps_load_as_long_trained():
+    pq = ProductQuantizer(4, 2, 3)
+    state = {k: v for k, v in pq.state_dict().items() if k != "usage_steps"}
+    fresh = ProductQuantizer(4, 2, 3)
+    fresh.load_state_dict(state)
+    assert int(fresh.usage_steps) == 1_000_000
+    with torch.no_grad():
+        fresh.cluster_size.fill_(0.25)
+    torch.testing.assert_close(fresh.running_usage(), torch.full((2, 3), 0.25))   # bias 0.99**1e6 = 0
+    fresh.load_state_dict(pq.state_dict())
+    assert int(fresh.usage_steps) == 0
+
+
+@pytest.mark.parametrize("z,channel_last,match", [
+    (torch.randn(2, 7, 3), False, r"expected 8 channels on axis 1, got shape \(2, 7, 3\)"),
+    (torch.randn(2, 3, 7), True, r"expected 8 channels on axis -1, got shape \(2, 3, 7\)"),
+    (torch.randn(8), False, r"expected input of shape \(B, D, \.\.\.\), got shape \(8,\)"),
+    (torch.randn(()), True, r"expected input of shape \(\.\.\., D\), got shape \(\)"),
+    (torch.randn(0, 8), True, r"empty batch: input of shape \(0, 8\)"),
+])
+def test_bad_input_messages(z, channel_last, match):
+    with pytest.raises(ValueError, match=match):
+        ProductQuantizer(8, 4, 6, channel_last=channel_last)(z)
+
+
+def test_one_dimensional_channel_last_input_and_3d_layouts():
+    pq = ProductQuantizer(4, 2, 3, channel_last=True).eval()
+    z = torch.randn(4)
+    out = pq(z)
+    assert out.quantized.shape == (4,) and out.indices.shape == (2,)
+    assert torch.equal(out.quantized, pq.decode(out.indices))
+    cf = ProductQuantizer(4, 2, 3).eval()
+    cf.load_state_dict(pq.state_dict())
+    z3 = torch.randn(2, 4, 5)                                         # (B, D, L): one spatial axis
+    out3 = cf(z3)
+    assert out3.indices.shape == (2, 5, 2) and out3.quantized.shape == (2, 4, 5)
+    assert torch.equal(out3.indices, pq(z3.movedim(1, -1)).indices)
+    assert torch.equal(cf.encode(z3), out3.indices) and torch.equal(cf.decode(out3.indices), out3.quantized)
+
+
+def test_decode_and_pack_errors():
+    pq = ProductQuantizer(8, 4, 6)
+    with pytest.raises(ValueError, match=r"indices must end with S=4, got shape \(2, 3\)"):
+        pq.decode(torch.zeros(2, 3, dtype=torch.long))
+    with pytest.raises(ValueError, match=r"indices must end with S=4, got shape \(\)"):
+        pq.decode(torch.tensor(0))
+    with pytest.raises(ValueError, match=r"empty batch: indices of shape \(0, 4\)"):
+        pq.decode(torch.zeros(0, 4, dtype=torch.long))
+    with pytest.raises(TypeError, match="indices must be int32 or int64"):
+        pq.decode(torch.zeros(2, 4))
+    with pytest.raises(ValueError, match=r"indices must end with S=4, got shape \(2, 3\)"):
+        pq.pack(torch.zeros(2, 3, dtype=torch.long))
+    with pytest.raises(ValueError, match="outside"):
+        pq.pack(torch.full((2, 4), 6))
+    with pytest.raises(TypeError, match="indices must be int32 or int64"):
+        pq.pack(torch.zeros(2, 4))
+    assert pq.pack(torch.tensor([[5, 0, 1, 2]])).tolist() == [[5 | 0 << 3 | 1 << 6, (2 << 9) >> 8]]   # 3 bits per code, LSB first
+    assert pq.unpack(pq.pack(torch.tensor([[5, 0, 1, 2]]))).tolist() == [[5, 0, 1, 2]]
+
+
+def test_encode_does_not_train():
+    pq = ProductQuantizer(4, 2, 3, ema_decay=0.5, dead_code_threshold=5.0, kmeans_init=True).train()
+    state = {k: v.clone() for k, v in pq.state_dict().items()}
+    pq.encode(torch.randn(2, 4, 3, 3))
+    assert all(torch.equal(v, pq.state_dict()[k]) for k, v in state.items())
