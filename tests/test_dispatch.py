@@ -288,3 +288,26 @@ def test_check_supports_passes_its_inputs_and_lists_devices():
     one = dataclasses.replace(ref, unsupported=lambda *a: seen.append(a))
     assert one.check_supports(x, cb) is None
     assert seen[-1][0] is x and seen[-1][1] is cb and seen[-1][2] == "l2"
+
+
+def test_auto_loads_backends_lazily_and_passes_the_inputs_to_auto_order(fresh):
+    fresh.setattr(dispatch, "_MODULES", {"cpu": "pqgan_fake_registers"})
+    seen = []
+    real_order = dispatch.auto_order
+    fresh.setattr(dispatch, "auto_order", lambda device, x, cb: seen.append((device, x, cb)) or
+                  real_order(device, x, cb))
+    x, cb = random_case(4, 2, 2, 3)
+    assert "cpu" not in dispatch._registry
+    assert dispatch.resolve_backend("auto", x, cb) == "cpu"            # imported by the auto loop itself
+    assert seen[0][0] == x.device and seen[0][1] is x and seen[0][2] is cb
+
+
+def test_the_default_distance_is_l2(fresh):
+    seen = []
+    dispatch.register_backend(dataclasses.replace(dispatch.get_backend("reference"), name="cpu",
+                                                  unsupported=lambda x, cb, distance: seen.append(distance)))
+    fresh.setattr(dispatch, "_MODULES", {})
+    x, cb = random_case(4, 2, 2, 3)
+    dispatch.resolve_backend("auto", x, cb)
+    dispatch.resolve_backend("cpu", x, cb)
+    assert seen == ["l2", "l2"]
