@@ -105,6 +105,14 @@ def test_bench_quick_json(tmp_path):
         assert any("| naive " in line and f" {naive['N']}* " in line for line in table_lines)
     assert png.stat().st_size > 1000
 
+    # the README table: one row per config, our backend's forward in bold, then the summary lines
+    readme = subprocess.run([sys.executable, str(BENCH / "readme_table.py"), str(out)], cwd=ROOT, env=env,
+                            capture_output=True, text=True, timeout=120)
+    assert readme.returncode == 0, readme.stderr[-3000:]
+    rows = [line for line in readme.stdout.splitlines() if line.startswith("| ") and "**pqgan:" in line]
+    assert len(rows) == len(report["configs"])
+    assert sum(line.endswith(", exact") or "oracle" in line for line in readme.stdout.splitlines()) == 2
+
 
 def test_native_log_filter_drops_noise_keeps_warnings(capfd):
     timing = _load_bench_module("timing")
