@@ -251,3 +251,22 @@ def test_float64_forward_and_normalised_round_trip():
     r32, q32 = m32(x.float())
     assert torch.equal(q32.indices, q.indices)
     torch.testing.assert_close(r32.double(), recon, atol=1e-4, rtol=1e-4)
+
+
+def test_pqgan_eval_runs_on_a_converted_checkpoint(tmp_path):
+    """pqgan-eval DIR on a pqgan-convert output: the official protocol (--resize, whole folder)."""
+    import numpy as np
+    from PIL import Image
+    from pqgan.evaluate import run
+    cfg = tiny_config()
+    out = tmp_path / "ckpt"
+    convert(write(tmp_path, official_state_dict(cfg.model)), out, cfg)
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(3):
+        Image.fromarray(rng.integers(0, 256, (40, 48, 3), dtype=np.uint8)).save(photos / f"{i}.png")
+    m = run([str(out), "--data", str(photos), "--split", "all", "--resize", "32x32", "--no-fid", "--perceptual",
+             "none", "--no-official-lpips", "--out", str(tmp_path / "eval")])
+    assert m["num_images"] == 3 and m["image_size"] == [32, 32] and m["codebook_size"] == 8
+    assert json.loads((tmp_path / "eval" / "metrics.json").read_text())["psnr_pooled_db"] == m["psnr_pooled_db"]
