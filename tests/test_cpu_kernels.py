@@ -201,16 +201,20 @@ def test_assign_allocates_no_rows_by_codes_buffer():
     assert 0 < largest < N * K * 4 // 16, largest
 
 
-def test_generic_isa_copy_matches_the_oracle():
-    """The baseline (non-AVX2) copy of the kernels, forced with PQGAN_CPU_ISA=generic in a fresh process."""
+@pytest.mark.parametrize("isa", ["generic", "avx2"])
+def test_capped_isa_copy_matches_the_oracle(isa):
+    """The baseline (non-AVX2) copy, or the AVX2 one on an AVX-512 CPU, forced with PQGAN_CPU_ISA in a fresh
+    process (the default process runs the widest copy)."""
+    if isa == "avx2" and torch.ops.pqgan_native.cpu_isa() == "generic":
+        pytest.skip("this CPU has no AVX2")
     import os
     import subprocess
     import sys
     code = """
 import torch, pqgan_kernels._C
 from kernel_checks import assert_assignment, random_case
-assert torch.ops.pqgan_native.cpu_isa() == "generic"
-for (N, S, d, K) in [(67, 7, 2, 513), (30, 2, 3, 5), (33, 2, 16, 40)]:
+assert torch.ops.pqgan_native.cpu_isa() == ISA, torch.ops.pqgan_native.cpu_isa()
+for (N, S, d, K) in [(67, 7, 2, 513), (30, 2, 3, 5), (33, 2, 16, 40), (21, 1, 1, 70), (9, 2, 4, 33)]:
     for dtype in (torch.float32, torch.float64):
         for distance in ("l2", "cosine"):
             x, cb = random_case(N, S, d, K, dtype=dtype, seed=N + d)
@@ -220,7 +224,8 @@ for (N, S, d, K) in [(67, 7, 2, 513), (30, 2, 3, 5), (33, 2, 16, 40)]:
         q, i = torch.ops.pqgan_native.pq_assign(x, cb, False)
         assert_assignment(x, cb, q, i, integer=True)
 """
-    env = dict(os.environ, PQGAN_CPU_ISA="generic")
+    code = f"ISA = {isa!r}\n" + code
+    env = dict(os.environ, PQGAN_CPU_ISA=isa)
     env["PYTHONPATH"] = os.pathsep.join([os.path.dirname(__file__), env.get("PYTHONPATH", "")])
     result = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]

@@ -1,13 +1,15 @@
 // The CPU assignment micro-kernels: nearest codeword of a small block of rows in one subspace.
 //
-// Torch-free on purpose: this header is compiled twice, once for the baseline x86-64 ISA (assign_generic.cpp) and
-// once under `#pragma GCC target("avx2,fma")` (assign_avx2.cpp); ops_cpu.cpp picks one at run time. It must not
+// Torch-free on purpose: this header is compiled three times, for the baseline x86-64 ISA (assign_generic.cpp),
+// under `#pragma GCC target("avx2,fma")` (assign_avx2.cpp) and with 64-byte vectors under an AVX-512 target
+// (assign_avx512.cpp, PQ_VEC_BYTES=64); ops_cpu.cpp picks one at run time. It must not
 // call out-of-line library code (std:: templates would be instantiated with the AVX2 target and could be merged with
 // the baseline copies by the linker), so it only uses GCC vector extensions and plain loops.
 //
 // Shapes (all contiguous, T = float or double, the compute type):
 //   xs   (rows, d)  the rows' sub-vectors of this subspace; rows is a multiple of kRows (padding rows are ignored)
-//   cbT  (d, Kp)    the codebook of this subspace transposed, Kp a multiple of kCodeStep; columns K..Kp-1 are NaN
+//   cbT  (d, Kp)    the codebook of this subspace transposed, Kp a multiple of kCodeStep (and of kernels.h's
+//                   kTileCodes, a multiple of every copy's kCodeStep); columns K..Kp-1 are NaN
 //                   (a NaN distance never compares smaller, so padding codes are never chosen)
 //   out  (rows,)    index of the nearest codeword: smallest sum of squared differences (l2), or the largest dot
 //                   product with the pre-normalised codewords (cosine); ties -> lowest index.
@@ -24,28 +26,49 @@ namespace pqgan {
 namespace cpu {
 namespace PQ_KERNEL_NS {
 
+#ifndef PQ_VEC_BYTES
+#define PQ_VEC_BYTES 32  // vector width of this copy: 32 (AVX2 / baseline) or 64 (AVX-512)
+#endif
+
 template <typename T> struct Vec;
 template <> struct Vec<float> {
-  typedef float V __attribute__((vector_size(32)));
-  typedef int32_t I __attribute__((vector_size(32)));
-  static constexpr int W = 8;
+  typedef float V __attribute__((vector_size(PQ_VEC_BYTES)));
+  typedef int32_t IT;
+  typedef IT I __attribute__((vector_size(PQ_VEC_BYTES)));
+  static constexpr int W = PQ_VEC_BYTES / 4;
 };
 template <> struct Vec<double> {
-  typedef double V __attribute__((vector_size(32)));
-  typedef int64_t I __attribute__((vector_size(32)));
-  static constexpr int W = 4;
+  typedef double V __attribute__((vector_size(PQ_VEC_BYTES)));
+  typedef int64_t IT;
+  typedef IT I __attribute__((vector_size(PQ_VEC_BYTES)));
+  static constexpr int W = PQ_VEC_BYTES / 8;
 };
 
-constexpr int kRows = 4;        // rows per register block
-constexpr int kUnroll = 2;      // code vectors per step of the large-d kernel
-constexpr int kCodeStep = 16;   // Kp is a multiple of this (= kUnroll * 8 floats = kUnroll * 2 * 4 doubles)
+constexpr int kRows = 4;                      // rows per register block
+constexpr int kCodeStep = PQ_VEC_BYTES / 2;   // codes per step of the large-d kernel: 2 vectors of floats, 4 of doubles
 
+// Broadcast (an initializer list, so GCC emits one vbroadcastss/sd; a lane loop becomes a chain of inserts).
 template <typename T>
-static inline typename Vec<T>::V splat(T s) {
-  typename Vec<T>::V v;
-  for (int i = 0; i < Vec<T>::W; ++i) v[i] = s;
-  return v;
+static inline typename Vec<T>::V splat(T s);
+#if PQ_VEC_BYTES == 64
+template <>
+inline Vec<float>::V splat<float>(float s) {
+  return Vec<float>::V{s, s, s, s, s, s, s, s, s, s, s, s, s, s, s, s};
 }
+template <>
+inline Vec<double>::V splat<double>(double s) {
+  return Vec<double>::V{s, s, s, s, s, s, s, s};
+}
+#else
+template <>
+inline Vec<float>::V splat<float>(float s) {
+  return Vec<float>::V{s, s, s, s, s, s, s, s};
+}
+template <>
+inline Vec<double>::V splat<double>(double s) {
+  return Vec<double>::V{s, s, s, s};
+}
+#endif
 
 template <typename T>
 static inline typename Vec<T>::V load(const T* p) {
@@ -54,42 +77,33 @@ static inline typename Vec<T>::V load(const T* p) {
   return v;
 }
 
+// Lanes i ^ step of v (a butterfly stage).
+template <typename VV, typename I>
+static inline VV swap_lanes(const VV& v, int step) {
+  I perm;
+  for (int i = 0; i < int(sizeof(I) / sizeof(perm[0])); ++i) perm[i] = i ^ step;
+  return __builtin_shuffle(v, perm);
+}
+
 // Lane-wise (best, index) -> the row's answer: the smallest value, lowest index among equal values. Branch-free
 // butterfly reductions (best values are never NaN: they only take values that compared smaller).
-static inline int64_t reduce_lanes(const Vec<float>::V& best, const Vec<float>::I& idx) {
-  typedef Vec<float>::V V;
-  typedef Vec<float>::I I;
-  V m = best, t;
-  t = __builtin_shuffle(m, I{4, 5, 6, 7, 0, 1, 2, 3});
-  m = t < m ? t : m;
-  t = __builtin_shuffle(m, I{2, 3, 0, 1, 6, 7, 4, 5});
-  m = t < m ? t : m;
-  t = __builtin_shuffle(m, I{1, 0, 3, 2, 5, 4, 7, 6});
-  m = t < m ? t : m;
-  I big = idx - idx + 0x7fffffff;
-  I k = best == m ? idx : big, u;
-  u = __builtin_shuffle(k, I{4, 5, 6, 7, 0, 1, 2, 3});
-  k = u < k ? u : k;
-  u = __builtin_shuffle(k, I{2, 3, 0, 1, 6, 7, 4, 5});
-  k = u < k ? u : k;
-  u = __builtin_shuffle(k, I{1, 0, 3, 2, 5, 4, 7, 6});
-  k = u < k ? u : k;
-  return k[0];
-}
-static inline int64_t reduce_lanes(const Vec<double>::V& best, const Vec<double>::I& idx) {
-  typedef Vec<double>::V V;
-  typedef Vec<double>::I I;
-  V m = best, t;
-  t = __builtin_shuffle(m, I{2, 3, 0, 1});
-  m = t < m ? t : m;
-  t = __builtin_shuffle(m, I{1, 0, 3, 2});
-  m = t < m ? t : m;
-  I big = idx - idx + 0x7fffffffffffffffLL;
-  I k = best == m ? idx : big, u;
-  u = __builtin_shuffle(k, I{2, 3, 0, 1});
-  k = u < k ? u : k;
-  u = __builtin_shuffle(k, I{1, 0, 3, 2});
-  k = u < k ? u : k;
+template <typename T>
+static inline int64_t reduce_lanes(const typename Vec<T>::V& best, const typename Vec<T>::I& idx) {
+  typedef typename Vec<T>::V V;
+  typedef typename Vec<T>::I I;
+  constexpr int W = Vec<T>::W;
+  V m = best;
+  for (int step = W / 2; step >= 1; step /= 2) {
+    const V t = swap_lanes<V, I>(m, step);
+    m = t < m ? t : m;
+  }
+  typedef typename Vec<T>::IT IT;
+  const IT big = static_cast<IT>(~(static_cast<IT>(1) << (sizeof(IT) * 8 - 1)));  // the largest IT
+  I k = best == m ? idx : (idx - idx) + big;
+  for (int step = W / 2; step >= 1; step /= 2) {
+    const I u = swap_lanes<I, I>(k, step);
+    k = u < k ? u : k;
+  }
   return k[0];
 }
 
@@ -113,59 +127,106 @@ static inline typename Vec<T>::V vmin(const typename Vec<T>::V& a, const typenam
 #endif
 }
 
+// Score of one code vector for one row (xr: the row's D broadcast values): sum of squared differences (l2) or the
+// negated dot product (cosine). Shared by the scan and the re-scan of assign_small_d, so both get the same bits.
+template <typename T, int D, bool COS>
+static inline typename Vec<T>::V small_score(const typename Vec<T>::V* c, const typename Vec<T>::V* xr) {
+  typename Vec<T>::V acc;
+  if (COS) {
+    acc = -(c[0] * xr[0]);
+    for (int j = 1; j < D; ++j) acc -= c[j] * xr[j];
+  } else {
+    typename Vec<T>::V diff = c[0] - xr[0];
+    acc = diff * diff;
+    for (int j = 1; j < D; ++j) {
+      diff = c[j] - xr[j];
+      acc += diff * diff;
+    }
+  }
+  return acc;
+}
+
 // Small d (compile-time D): the D codebook vectors of a code step are loaded once and used by kRows rows.
+// Codes are scanned in blocks of kBlockCodes: per block only a lane-wise min is kept (one op per code vector), and
+// the block's start is recorded where a lane's min improves (strictly: the first block reaching the final min).
+// At the end the row's min v* is known, and the block recorded by each lane holding v* is re-scored for that row
+// to find the lowest code with score v* -- the same answer as a per-code compare, at a fraction of the ops.
+constexpr int kBlockCodes = 32;  // = kernels.h kTileCodes: Kp is a multiple of it
 template <typename T, int D, bool COS>
 static void assign_small_d(const T* xs, int64_t rows, const T* cbT, int64_t Kp, int64_t* out) {
   using V = typename Vec<T>::V;
   using I = typename Vec<T>::I;
   constexpr int W = Vec<T>::W;
   constexpr int R = kRows;
+  constexpr int NB = kBlockCodes / W;  // code vectors per block
   I lane;
   for (int i = 0; i < W; ++i) lane[i] = i;
+  const V inf = splat<T>(__builtin_inf());
   for (int64_t r0 = 0; r0 < rows; r0 += R) {
     V xb[R][D];
     V best[R];
-    I bidx[R];
+    I bblk[R];
     for (int r = 0; r < R; ++r) {
       for (int j = 0; j < D; ++j) xb[r][j] = splat<T>(xs[(r0 + r) * D + j]);
-      best[r] = splat<T>(__builtin_inf());
-      bidx[r] = lane - lane;
+      best[r] = inf;
+      bblk[r] = lane - lane;
     }
-    I kv = lane;
-    for (int64_t k = 0; k < Kp; k += W) {
-      V c[D];
-      for (int j = 0; j < D; ++j) c[j] = load<T>(cbT + j * Kp + k);
+    I kb = lane - lane;
+    for (int64_t k = 0; k < Kp; k += kBlockCodes) {
+      V bm[R];
+      for (int r = 0; r < R; ++r) bm[r] = inf;
+      for (int u = 0; u < NB; ++u) {
+        V c[D];
+        for (int j = 0; j < D; ++j) c[j] = load<T>(cbT + j * Kp + k + u * W);
+        for (int r = 0; r < R; ++r) {
+          const V acc = small_score<T, D, COS>(c, xb[r]);
+          bm[r] = vmin<T>(acc, bm[r], acc < bm[r]);  // a NaN score (padding code) never enters
+        }
+      }
       for (int r = 0; r < R; ++r) {
-        V acc;
-        if (COS) {
-          acc = -(c[0] * xb[r][0]);
-          for (int j = 1; j < D; ++j) acc -= c[j] * xb[r][j];
-        } else {
-          V diff = c[0] - xb[r][0];
-          acc = diff * diff;
-          for (int j = 1; j < D; ++j) {
-            diff = c[j] - xb[r][j];
-            acc += diff * diff;
+        const I m = bm[r] < best[r];
+        best[r] = vmin<T>(bm[r], best[r], m);
+        bblk[r] = m ? kb : bblk[r];
+      }
+      kb += kBlockCodes;
+    }
+    for (int r = 0; r < R; ++r) {
+      V m = best[r];
+      for (int step = W / 2; step >= 1; step /= 2) {
+        const V t = swap_lanes<V, I>(m, step);
+        m = t < m ? t : m;
+      }
+      const T vstar = m[0];
+      int64_t answer = -1, fallback = -1;
+      for (int l = 0; l < W; ++l) {
+        if (!(best[r][l] == vstar)) continue;
+        const int64_t base = static_cast<int64_t>(bblk[r][l]);
+        if (fallback < 0 || base + l < fallback) fallback = base + l;
+        for (int u = 0; u < NB; ++u) {
+          V c[D];
+          for (int j = 0; j < D; ++j) c[j] = load<T>(cbT + j * Kp + base + u * W);
+          const V acc = small_score<T, D, COS>(c, xb[r]);
+          if (acc[l] == vstar) {
+            const int64_t code = base + u * W + l;
+            if (answer < 0 || code < answer) answer = code;
+            break;
           }
         }
-        const I m = acc < best[r];
-        best[r] = vmin<T>(acc, best[r], m);
-        bidx[r] = m ? kv : bidx[r];
       }
-      kv += W;
+      // no finite score at all (NaN inputs): the lowest recorded code, 0 -- as the per-code compare gives
+      out[r0 + r] = answer >= 0 ? answer : (fallback >= 0 ? fallback : 0);
     }
-    for (int r = 0; r < R; ++r) out[r0 + r] = reduce_lanes(best[r], bidx[r]);
   }
 }
 
-// Any d (run time): kRows x kUnroll accumulators, the d loop inside, codebook vectors shared by the rows.
+// Any d (run time): kRows x (kCodeStep / W) accumulators, the d loop inside, codebook vectors shared by the rows.
 template <typename T, bool COS>
 static void assign_large_d(const T* xs, int64_t rows, int64_t d, const T* cbT, int64_t Kp, int64_t* out) {
   using V = typename Vec<T>::V;
   using I = typename Vec<T>::I;
   constexpr int W = Vec<T>::W;
   constexpr int R = kRows;
-  constexpr int U = kUnroll * (8 / W);  // 2 vectors of floats, 4 of doubles: 16 codes per step
+  constexpr int U = kCodeStep / W;  // 2 vectors of floats, 4 of doubles per step
   I lane;
   for (int i = 0; i < W; ++i) lane[i] = i;
   for (int64_t r0 = 0; r0 < rows; r0 += R) {
@@ -206,7 +267,7 @@ static void assign_large_d(const T* xs, int64_t rows, int64_t d, const T* cbT, i
         kv += W;
       }
     }
-    for (int r = 0; r < R; ++r) out[r0 + r] = reduce_lanes(best[r], bidx[r]);
+    for (int r = 0; r < R; ++r) out[r0 + r] = reduce_lanes<T>(best[r], bidx[r]);
   }
 }
 
