@@ -58,6 +58,31 @@ class _StraightThrough(torch.autograd.Function):
         return grad, None
 
 
+@torch.library.custom_op("pqgan::kmeans_init_", mutates_args=("codebooks", "embed_sum", "initted"))
+def _kmeans_init_op(rows: torch.Tensor, codebooks: torch.Tensor, embed_sum: torch.Tensor, cluster_size: torch.Tensor,
+                    initted: torch.Tensor, distance: str, backend: str) -> None:
+    """k-means++ codebooks (S, K, d) from rows (N, S*d), once: a no-op when ``initted`` is already true.
+
+    Under DDP rank 0's result is broadcast. EMA mode: embed_sum (S, K, d) becomes codebooks * cluster_size (S, K)
+    (both empty in gradient mode).
+    """
+    if bool(initted):
+        return
+    S, K, _ = codebooks.shape
+    centres = kmeans(rows, S, K, distance=distance, backend=backend).to(codebooks.dtype)
+    if _distributed():
+        dist.broadcast(centres, src=0)
+    codebooks.copy_(centres)
+    if embed_sum.numel():
+        embed_sum.copy_(centres * cluster_size.unsqueeze(-1))
+    initted.fill_(True)
+
+
+@_kmeans_init_op.register_fake
+def _(rows, codebooks, embed_sum, cluster_size, initted, distance, backend):
+    return None
+
+
 def code_usage(counts: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """(S, K) code counts -> (usage, perplexity), each (S,) in counts' float dtype.
 
@@ -134,6 +159,7 @@ class ProductQuantizer(nn.Module):
         # EMA of per-batch assignment counts; drives the EMA update, dead-code detection and stats in both modes.
         self.register_buffer("cluster_size", torch.ones(num_subspaces, codebook_size))
         self.register_buffer("initted", torch.tensor(not kmeans_init))
+        self._kmeans_pending = kmeans_init  # a Python flag (torch.compile guards on it): the op runs until it has
         # Training steps folded into cluster_size (which starts at 1): running_usage() removes that start's bias.
         self.register_buffer("usage_steps", torch.zeros((), dtype=torch.int64))
 
@@ -202,8 +228,12 @@ class ProductQuantizer(nn.Module):
 
     def forward(self, z: torch.Tensor) -> QuantizerOutput:
         rows = self._to_rows(z)
-        if self.training and self.kmeans_init and not bool(self.initted):
-            self._init_codebooks(rows.detach())
+        if self.training and self._kmeans_pending:
+            # An op (opaque to torch.compile) that checks ``initted`` itself: no data-dependent Python branch.
+            ema = (self.embed_sum, self.cluster_size) if self.use_ema else (rows.new_empty(0), rows.new_empty(0))
+            torch.ops.pqgan.kmeans_init_(rows.detach(), self.codebooks, *ema, self.initted, self.distance,
+                                         self.backend)
+            self._kmeans_pending = False
         quantized, indices = pqgan_kernels.pq_assign(rows, self.codebooks, distance=self.distance,
                                                      backend=self.backend)
         rows_f, quantized_f = rows.float(), quantized.float()
@@ -272,17 +302,6 @@ class ProductQuantizer(nn.Module):
             self.embed_sum.copy_(torch.where(dead, fresh * self.cluster_size.unsqueeze(-1), self.embed_sum))
 
     @torch.no_grad()
-    def _init_codebooks(self, rows: torch.Tensor) -> None:
-        """k-means++ on the first training batch (rank 0's result everywhere under DDP)."""
-        centres = kmeans(rows, self.num_subspaces, self.codebook_size, distance=self.distance,
-                         backend=self.backend).to(self.codebooks.dtype)
-        if _distributed():
-            dist.broadcast(centres, src=0)
-        self.codebooks.data.copy_(centres)
-        if self.use_ema:
-            self.embed_sum.copy_(centres * self.cluster_size.unsqueeze(-1))
-        self.initted.fill_(True)
-
     # --- codes -------------------------------------------------------------------------------------------------
 
     @torch.no_grad()

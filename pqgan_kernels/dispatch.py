@@ -137,7 +137,26 @@ def auto_order(device: torch.device, x: torch.Tensor, codebooks: Optional[torch.
 
 
 def resolve_backend(requested: str, x: torch.Tensor, codebooks: Optional[torch.Tensor], distance: str = "l2") -> str:
-    """The concrete backend name to run ``requested`` ("auto" or a name) on these inputs, or a clear error."""
+    """The concrete backend name to run ``requested`` ("auto" or a name) on these inputs, or a clear error.
+
+    Under ``torch.compile`` the choice is made once, eagerly, at trace time (importing a backend's module can't be
+    traced) and baked into the graph: a compiled call may be the first call of a process.
+    """
+    if torch.compiler.is_compiling():
+        cb = None if codebooks is None else (tuple(codebooks.shape), codebooks.dtype)
+        return _resolve_at_trace_time(requested, x.device, x.dtype, x.dim(), cb, distance)
+    return _resolve(requested, x, codebooks, distance)
+
+
+@torch._dynamo.assume_constant_result
+def _resolve_at_trace_time(requested, device, x_dtype, x_dim, cb, distance) -> str:
+    """``_resolve`` on stand-ins of the inputs with their device, dtypes and codebook shape (1 element each)."""
+    x = torch.empty((1,) * x_dim, dtype=x_dtype, device=device)
+    codebooks = None if cb is None else torch.empty_strided(cb[0], (0,) * len(cb[0]), dtype=cb[1], device=device)
+    return _resolve(requested, x, codebooks, distance)
+
+
+def _resolve(requested: str, x: torch.Tensor, codebooks: Optional[torch.Tensor], distance: str) -> str:
     if requested is None or requested == "auto":
         requested = _default or os.environ.get("PQGAN_BACKEND") or "auto"
     if requested != "auto":
