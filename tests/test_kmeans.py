@@ -100,3 +100,65 @@ def test_more_iterations_never_increase_the_within_cluster_error():
         return (x[:, None, :] - cb[0][None]).square().sum(-1).min(1).values.sum().item()
     errors = [sse(kmeans(x, 1, 6, iters=i, generator=_gen(9))) for i in (0, 1, 3, 10)]
     assert all(b <= a + 1e-4 for a, b in zip(errors, errors[1:])) and errors[-1] < 0.8 * errors[0]
+
+
+def test_seeding_as_many_codes_as_distinct_points_takes_each_point_once():
+    # after every point is a seed all distances are zero; before that, a point already chosen has distance 0 and
+    # can never be drawn again
+    xs = torch.tensor([0.0, 1.0, 3.0, 7.0]).view(1, 4, 1).expand(500, 4, 1).contiguous()
+    seeds = kmeans_pp_seed(xs, 4, _gen(2))[..., 0]
+    assert torch.equal(seeds.sort(1).values, torch.tensor([0.0, 1.0, 3.0, 7.0]).expand(500, 4))
+
+
+def test_zero_distances_in_one_subspace_only():
+    # subspace 0: identical points (all distances zero -> uniform fallback); subspace 1: distinct points
+    xs = torch.stack([torch.full((5, 1), 2.0), torch.arange(5.0).view(5, 1)])
+    seeds = kmeans_pp_seed(xs, 3, _gen(3))
+    assert torch.equal(seeds[0], torch.full((3, 1), 2.0)) and len(set(seeds[1, :, 0].tolist())) == 3
+
+
+def test_lloyd_ends_at_a_fixed_point():
+    """Converged k-means: every non-empty cluster's codeword is the mean of its members (singletons included)."""
+    x = torch.randn(20, 1, generator=_gen(11))
+    cb = kmeans(x, 1, 8, iters=50, generator=_gen(12))
+    idx = (x - cb[0].T).abs().argmin(1)
+    sizes = torch.bincount(idx, minlength=8)
+    assert (sizes == 1).any(), "the case needs a singleton cluster"
+    for k in range(8):
+        if sizes[k] > 0:
+            assert cb[0, k, 0].item() == pytest.approx(x[idx == k, 0].mean().item(), abs=1e-6)
+
+
+@pytest.mark.parametrize("distance", ["l2", "cosine"])
+def test_backend_and_distance_are_passed_to_every_kernel_call(distance, monkeypatch):
+    import dataclasses
+
+    import pqgan_kernels
+    from pqgan_kernels import dispatch
+    calls = []
+    for name in pqgan_kernels.available_backends():
+        real = dispatch.get_backend(name)
+
+        def assign(x, cb, dist, _name=name, _real=real):
+            calls.append((_name, "assign", dist))
+            return _real.assign(x, cb, dist)
+
+        def stats(x, idx, k, _name=name, _real=real):
+            calls.append((_name, "stats", None))
+            return _real.ema_stats(x, idx, k)
+        monkeypatch.setitem(dispatch._registry, name, dataclasses.replace(real, assign=assign, ema_stats=stats))
+    kmeans(torch.randn(30, 4, generator=_gen(13)), 2, 3, iters=2, distance=distance, backend="reference",
+           generator=_gen(14))
+    assert calls == [("reference", "assign", distance), ("reference", "stats", None)] * 2
+
+
+def test_a_cluster_left_with_one_member_moves_onto_it():
+    """Points 0, 1, 5 and K = 2. From the seeds {0, 1} Lloyd goes through clusters {0}, {1, 5} (centres 0, 3) and
+    then {0, 1}, {5}: the second centre must move from 3 onto its single member 5. 300 subspaces draw their seeds
+    independently, so some start from {0, 1}; every one must end at {0.5, 5}."""
+    S = 300
+    x = torch.tensor([0.0, 1.0, 5.0]).view(3, 1).expand(3, S).contiguous()
+    seeds = kmeans_pp_seed(x.T.unsqueeze(-1).contiguous(), 2, _gen(15))[..., 0]
+    assert (seeds.sort(1).values == torch.tensor([0.0, 1.0])).all(1).any()
+    cb = kmeans(x, S, 2, generator=_gen(15))[..., 0].sort(1).values
+    assert torch.equal(cb, torch.tensor([0.5, 5.0]).expand(S, 2))
