@@ -503,3 +503,32 @@ def test_encode_does_not_train():
     state = {k: v.clone() for k, v in pq.state_dict().items()}
     pq.encode(torch.randn(2, 4, 3, 3))
     assert all(torch.equal(v, pq.state_dict()[k]) for k, v in state.items())
+
+
+def test_more_named_errors_and_dtypes():
+    pq = ProductQuantizer(4, 2, 3)
+    with pytest.raises(TypeError, match="^z must be float16, bfloat16, float32 or float64"):
+        pq(torch.zeros(2, 4, 3, dtype=torch.long))
+    with pytest.raises(ValueError, match="^indices has values outside"):
+        pq.pack(torch.full((1, 2), 3))
+    assert pq.usage_steps.dtype == torch.int64
+    legacy = ProductQuantizer(4, 2, 3)
+    legacy.load_state_dict({k: v for k, v in pq.state_dict().items() if k != "usage_steps"})
+    assert legacy.usage_steps.dtype == torch.int64
+
+
+def test_channel_first_input_without_spatial_axes():
+    pq = ProductQuantizer(4, 2, 3).eval()                              # (B, D): channel axis 1, no spatial axes
+    z = torch.randn(5, 4)
+    out = pq(z)
+    assert out.quantized.shape == (5, 4) and out.indices.shape == (5, 2)
+
+
+def test_stats_of_a_single_row_and_the_threshold_boundary():
+    pq = ProductQuantizer(2, 2, 4, channel_last=True, dead_code_threshold=0.75).eval()
+    with torch.no_grad():
+        pq.cluster_size.copy_(torch.tensor([[0.75, 0.5, 1.0, 0.75], [0.74, 0.76, 0.75, 2.0]]))
+    stats = pq(torch.randn(1, 2)).stats
+    torch.testing.assert_close(stats.perplexity, torch.ones(2))          # one row: one code per subspace
+    torch.testing.assert_close(stats.usage, torch.full((2,), 0.25))
+    torch.testing.assert_close(stats.dead_codes, torch.tensor([1.0, 1.0]))   # strictly below the threshold
