@@ -16,7 +16,7 @@ from typing import Any, Optional, Union
 
 import yaml
 
-from pqgan_kernels.reference import DISTANCES
+from pqgan_kernels.validate import check_distance
 
 CONFIG_DIR = Path(__file__).resolve().parent / "configs"
 
@@ -95,8 +95,7 @@ class ModelConfig:
         if self.resolution % self.downsample_factor:
             raise ValueError(f"model.resolution ({self.resolution}) must be divisible by the downsampling factor "
                              f"{self.downsample_factor}")
-        if self.distance not in DISTANCES:
-            raise ValueError(f"model.distance must be one of {DISTANCES}, got {self.distance!r}")
+        check_distance(self.distance, "model.distance")
         if self.ema_decay is not None and not 0.0 <= self.ema_decay < 1.0:
             raise ValueError(f"model.ema_decay must be null or in [0, 1), got {self.ema_decay}")
         if not 0.0 <= self.dropout < 1.0:

@@ -133,8 +133,7 @@ class ProductQuantizer(nn.Module):
             raise ValueError(f"dim ({dim}) must be divisible by num_subspaces ({num_subspaces})")
         if ema_decay is not None and not 0.0 <= ema_decay < 1.0:
             raise ValueError(f"ema_decay must be in [0, 1) or None, got {ema_decay}")
-        if distance not in pqgan_kernels.reference.DISTANCES:
-            raise ValueError(f"distance must be one of {pqgan_kernels.reference.DISTANCES}, got {distance!r}")
+        validate.check_distance(distance)
         if backend != "auto" and backend not in pqgan_kernels.BACKENDS:
             raise ValueError(f"backend must be 'auto' or one of {pqgan_kernels.BACKENDS}, got {backend!r}")
         self.dim, self.num_subspaces, self.codebook_size = dim, num_subspaces, codebook_size

@@ -148,13 +148,7 @@ def pq_assign(x: torch.Tensor, codebooks: torch.Tensor, *, distance: str = "l2",
 def pq_codebook_grad(grad_quantized: torch.Tensor, indices: torch.Tensor, num_codes: int, *,
                      backend: str = "auto") -> torch.Tensor:
     """Scatter-add of the gradient of ``quantized`` per code: (N, S*d), (N, S) -> (S, K, d) (fp32, or fp64)."""
-    validate.check_float("grad_quantized", grad_quantized)
-    validate.check_index("indices", indices)
-    if indices.dim() != 2 or grad_quantized.dim() != 2 or grad_quantized.shape[0] != indices.shape[0] \
-            or grad_quantized.shape[1] % max(1, indices.shape[1]):
-        raise ValueError(f"grad_quantized (N, S*d) and indices (N, S) do not match: "
-                         f"{tuple(grad_quantized.shape)} vs {tuple(indices.shape)}")
-    validate.check_same_device(grad_quantized=grad_quantized, indices=indices)
+    validate.check_rows_and_indices("grad_quantized", grad_quantized, indices)
     name = resolve_backend(backend, grad_quantized, None)
     return torch.ops.pqgan.pq_codebook_grad(grad_quantized, indices, int(num_codes), name)
 
@@ -165,14 +159,7 @@ def pq_ema_stats(x: torch.Tensor, indices: torch.Tensor, num_codes: int, *,
 
     Use it with ``reference.pq_ema_apply_`` when the statistics must be all-reduced across processes first.
     """
-    validate.check_float("x", x)
-    validate.check_index("indices", indices)
-    if indices.dim() != 2 or x.dim() != 2 or x.shape[0] != indices.shape[0] \
-            or x.shape[1] % max(1, indices.shape[1]):
-        raise ValueError(f"x (N, S*d) and indices (N, S) do not match: {tuple(x.shape)} vs {tuple(indices.shape)}")
-    if x.shape[0] == 0:
-        raise ValueError("x is an empty batch (N = 0)")
-    validate.check_same_device(x=x, indices=indices)
+    validate.check_rows_and_indices("x", x, indices)
     name = resolve_backend(backend, x, None)
     return torch.ops.pqgan.pq_ema_stats(x, indices, int(num_codes), name)
 

@@ -44,8 +44,8 @@ def pq_assign(x: torch.Tensor, codebooks: torch.Tensor, distance: str = "l2") ->
 
     x (N, S*d), codebooks (S, K, d) -> (quantized (N, S*d) in x.dtype, indices (N, S) int64).
     """
-    if distance not in DISTANCES:
-        raise ValueError(f"distance must be one of {DISTANCES}, got {distance!r}")
+    from .validate import check_distance
+    check_distance(distance)
     N = x.shape[0]
     S, K, d = codebooks.shape
     dtype = compute_dtype(x, codebooks)

@@ -29,6 +29,8 @@ import torch
 import triton
 import triton.language as tl
 
+from . import validate
+
 INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
 SMALL_D_MAX = 8           # d <= this: CUDA-core kernel; above: tl.dot kernel
 MAX_BD = 128              # largest d chunk held at once by the dot kernel (bigger d loops over chunks)
@@ -346,9 +348,9 @@ _dot_tuned = triton.autotune(_DOT_CONFIGS, key=["n_bucket", "K", "d", "PRECISION
 
 def unsupported(x: torch.Tensor, codebooks: torch.Tensor | None, distance: str = "l2") -> str | None:
     """None if the Triton kernels take these inputs, else the reason."""
-    for name, t in (("x", x), ("codebooks", codebooks)):
-        if t is not None and t.dtype == torch.float64:
-            return f"backend 'triton' computes in fp32 and does not take float64 {name}; use 'reference' or 'cpu'"
+    reason = validate.fp32_only_reason("triton", x=x, codebooks=codebooks)
+    if reason:
+        return reason
     if codebooks is not None and codebooks.shape[0] > 65535:
         return f"backend 'triton' supports at most 65535 subspaces, got {codebooks.shape[0]}"
     return None
@@ -381,8 +383,7 @@ def _run(kernel, tuned, grid_rows, S, args, meta, **extra):
 
 def _launch(x, codebooks, distance, mode, precision, want_approx):
     from .bound import bound_coefficient
-    if distance not in ("l2", "cosine"):
-        raise ValueError(f"distance must be 'l2' or 'cosine', got {distance!r}")
+    validate.check_distance(distance)
     reason = unsupported(x, codebooks, distance)
     if reason:
         raise TypeError(reason)

@@ -17,7 +17,7 @@ import torch
 import triton
 import triton.language as tl
 
-from . import reference
+from . import reference, validate
 
 MAX_BD = 128
 
@@ -91,8 +91,9 @@ def _on(device: torch.device):
 
 
 def _check(t: torch.Tensor, name: str) -> None:
-    if t.dtype == torch.float64:
-        raise TypeError(f"backend 'triton' does not take float64 {name}; use 'reference' or 'cpu'")
+    reason = validate.fp32_only_reason("triton", **{name: t})
+    if reason:
+        raise TypeError(reason)
 
 
 def _scatter(values: torch.Tensor, indices: torch.Tensor, num_codes: int, with_counts: bool):

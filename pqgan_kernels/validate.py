@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 import os
+from typing import Optional
 
 import torch
 
@@ -81,14 +82,40 @@ def check_rows(name: str, t: torch.Tensor, S: int, d: int) -> int:
     return t.shape[0]
 
 
-def check_assign_inputs(x: torch.Tensor, codebooks: torch.Tensor, distance: str) -> None:
+def check_distance(distance: str, name: str = "distance") -> None:
+    """distance must be one of ``reference.DISTANCES`` ("l2", "cosine")."""
     from .reference import DISTANCES
+    if distance not in DISTANCES:
+        raise ValueError(f"{name} must be one of {DISTANCES}, got {distance!r}")
+
+
+def fp32_only_reason(backend: str, **tensors: Optional[torch.Tensor]) -> Optional[str]:
+    """None, or why an fp32-computing backend refuses a float64 tensor among ``tensors`` (None entries ignored)."""
+    for name, t in tensors.items():
+        if t is not None and t.dtype == torch.float64:
+            return f"backend {backend!r} computes in fp32 and does not take float64 {name}; use 'reference' or 'cpu'"
+    return None
+
+
+def check_rows_and_indices(name: str, t: torch.Tensor, indices: torch.Tensor) -> None:
+    """t (N, S*d) float and indices (N, S) int on one device, N >= 1."""
+    check_float(name, t)
+    check_index("indices", indices)
+    if indices.dim() != 2 or t.dim() != 2 or t.shape[0] != indices.shape[0] or indices.shape[1] == 0 \
+            or t.shape[1] % indices.shape[1]:
+        raise ValueError(f"{name} (N, S*d) and indices (N, S) do not match: {tuple(t.shape)} vs "
+                         f"{tuple(indices.shape)}")
+    if t.shape[0] == 0:
+        raise ValueError(f"{name} is an empty batch (N = 0)")
+    check_same_device(**{name: t, "indices": indices})
+
+
+def check_assign_inputs(x: torch.Tensor, codebooks: torch.Tensor, distance: str) -> None:
     check_float("x", x)
     S, _, d = check_codebooks(codebooks)
     check_rows("x", x, S, d)
     check_same_device(x=x, codebooks=codebooks)
-    if distance not in DISTANCES:
-        raise ValueError(f"distance must be one of {DISTANCES}, got {distance!r}")
+    check_distance(distance)
 
 
 def check_indices(indices: torch.Tensor, N: int, S: int, K: int) -> None:
