@@ -201,3 +201,225 @@ def test_load_pretrained_builds_the_model_in_eval_mode(tmp_path):
     loaded = ckpt.load_pretrained(str(tmp_path))
     assert isinstance(loaded, PQGAN) and not loaded.training
     assert all(torch.equal(v, loaded.state_dict()[k]) for k, v in model.state_dict().items())
+
+
+# --- finding a usable checkpoint: exact notes -----------------------------------------------------------------
+
+def _root_with(tmp_path, steps):
+    root = str(tmp_path / "ck")
+    for s in steps:
+        ckpt.save_checkpoint(root, step=s, model=_net(s), config={"s": s}, keep=True)
+    return root
+
+
+def _truncate(path, nbytes=10):
+    data = open(path, "rb").read()
+    open(path, "wb").write(data[:nbytes])
+    return len(data)
+
+
+def test_find_checkpoint_prefers_last_json_and_says_nothing(tmp_path):
+    root = _root_with(tmp_path, [1, 2])
+    assert ckpt.find_checkpoint(root) == (os.path.join(root, "step_00000002"), [])
+    assert ckpt.find_checkpoint(str(tmp_path / "nothing")) == (None, [])
+
+
+def test_find_checkpoint_without_pointer_takes_the_newest(tmp_path):
+    root = _root_with(tmp_path, [1, 3, 2])
+    os.remove(os.path.join(root, "last.json"))
+    target, notes = ckpt.find_checkpoint(root)
+    assert target == os.path.join(root, "step_00000003")
+    assert notes == [f"{root}/last.json: missing", f"using the newest complete checkpoint instead: {target}"]
+
+
+@pytest.mark.parametrize("content,note", [
+    (b"{not json", "not valid JSON, truncated or corrupted"),
+    (b'{"dir": "elsewhere"}', "no checkpoint directory name in it ({'dir': 'elsewhere'})"),
+    (b'["step_00000001"]', "no checkpoint directory name in it (['step_00000001'])"),
+    (b'{"dir": 5}', "no checkpoint directory name in it ({'dir': 5})"),
+])
+def test_find_checkpoint_with_a_bad_pointer(tmp_path, content, note):
+    root = _root_with(tmp_path, [1, 2])
+    open(os.path.join(root, "last.json"), "wb").write(content)
+    target, notes = ckpt.find_checkpoint(root)
+    assert target == os.path.join(root, "step_00000002") and len(notes) == 2
+    assert notes[0].startswith(f"{root}/last.json: ") and note in notes[0]
+    assert notes[1] == f"using the newest complete checkpoint instead: {target}"
+
+
+def test_find_checkpoint_skips_damaged_ones_and_names_each_problem(tmp_path):
+    root = _root_with(tmp_path, [1, 2, 3])
+    size3 = _truncate(os.path.join(root, "step_00000003", "model.safetensors"))
+    os.remove(os.path.join(root, "step_00000002", "state.json"))
+    target, notes = ckpt.find_checkpoint(root)
+    assert target == os.path.join(root, "step_00000001")
+    m3 = os.path.join(root, "step_00000003", "model.safetensors")
+    assert notes == [
+        f"{root}/last.json names step_00000003, which is unusable: {m3}: 10 bytes, but {size3} were written "
+        "(truncated or overwritten)",
+        f"skipping step_00000002: {root}/step_00000002/state.json: missing",
+        f"using the newest complete checkpoint instead: {target}"]
+    # asking only for what evaluation reads, step 2 (no state.json) is fine
+    target, notes = ckpt.find_checkpoint(root, need=ckpt.EVAL_FILES)
+    assert target == os.path.join(root, "step_00000002") and len(notes) == 2
+    os.remove(os.path.join(root, "step_00000001", "config.json"))
+    os.remove(os.path.join(root, "step_00000002", "config.json"))
+    target, notes = ckpt.find_checkpoint(root)
+    assert target is None and [n.split(":")[0] for n in notes[1:]] == ["skipping step_00000002",
+                                                                       "skipping step_00000001"]
+
+
+def test_checkpoint_problem_by_kind(tmp_path):
+    root = _root_with(tmp_path, [1])
+    d = os.path.join(root, "step_00000001")
+    assert ckpt.checkpoint_problem(d) is None and ckpt.checkpoint_problem(d, ["model.safetensors"]) is None
+    assert ckpt.checkpoint_problem(os.path.join(root, "nope")) == f"{root}/nope: missing"
+    assert ckpt.checkpoint_problem(d, ["extra.bin"]) == f"{d}/extra.bin: missing"
+    open(os.path.join(d, "extra.bin"), "wb").write(b"x")                 # present, not in the manifest: fine
+    assert ckpt.checkpoint_problem(d, ["extra.bin"]) is None
+    cfg = os.path.join(d, "config.json")
+    data = bytearray(open(cfg, "rb").read())
+    data[3] ^= 1                                                         # same size, one bit flipped
+    open(cfg, "wb").write(bytes(data))
+    assert ckpt.checkpoint_problem(d) == f"{cfg}: contents changed since it was written (SHA-256 mismatch: corrupted)"
+    assert ckpt.checkpoint_problem(d, ["model.safetensors"]) is None       # only what is needed is checked
+    with pytest.raises(ckpt.CheckpointError, match="SHA-256 mismatch"):
+        ckpt.verify_files(d, ["config.json"])
+    with pytest.raises(FileNotFoundError, match="extra2.bin: missing"):
+        ckpt.verify_files(d, ["extra2.bin"])
+
+
+def test_manifest_damage(tmp_path):
+    root = _root_with(tmp_path, [1])
+    d = os.path.join(root, "step_00000001")
+    man = os.path.join(d, "manifest.json")
+    record = json.load(open(man))
+    assert record["format"] == 1 and record["step"] == 1 and set(record) == {"format", "step", "files", "digest"}
+    assert ckpt.read_manifest(d) == record["files"]
+    record["files"]["model.safetensors"]["bytes"] += 1
+    open(man, "w").write(json.dumps(record))
+    assert ckpt.checkpoint_problem(d) == f"{man}: damaged (its file table does not match its digest)"
+    for bad in ({"files": []}, {"files": {"a": {"bytes": 1}}}, [1], {"nofiles": 1}):
+        open(man, "w").write(json.dumps(bad))
+        assert ckpt.checkpoint_problem(d) == f"{man}: not a checkpoint manifest (no 'files' table)"
+    os.remove(man)                                                        # a checkpoint from before manifests
+    assert ckpt.read_manifest(d) is None and ckpt.checkpoint_problem(d) is None
+    os.remove(os.path.join(d, "state.json"))
+    assert ckpt.checkpoint_problem(d) == f"{d}/state.json: missing"       # the legacy file list
+
+
+def test_step_dirs_order_and_step_of_a_checkpoint(tmp_path):
+    root = tmp_path / "r"
+    for name in ["step_00000002", "step_00000010", "step_00000002.r1", "step_00000002.r10", "other", "step_x"]:
+        (root / name).mkdir(parents=True)
+    (root / "step_00000099").write_text("a file, not a checkpoint")
+    assert ckpt.step_dirs(str(root)) == ["step_00000010", "step_00000002.r10", "step_00000002.r1",
+                                         "step_00000002"]
+    assert ckpt.step_dirs(str(tmp_path / "none")) == []
+    assert ckpt.parse_step_dir("step_00000007.r3") == (7, 3) and ckpt.parse_step_dir("step_7") == (7, 0)
+    assert ckpt.parse_step_dir("xstep_00000007") is None and ckpt.parse_step_dir("step_1.r") is None
+    assert ckpt.holds_checkpoints(str(root)) and not ckpt.holds_checkpoints(str(tmp_path / "none"))
+    (tmp_path / "p").mkdir()
+    (tmp_path / "p" / "last.json").write_text("{}")
+    assert ckpt.holds_checkpoints(str(tmp_path / "p"))
+    assert ckpt.checkpoint_step(str(root / "step_00000010")) == 10
+    assert ckpt.checkpoint_step(str(root / "step_00000002.r1") + "/") == 2
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    assert ckpt.checkpoint_step(str(mine)) is None                        # no name, no state.json
+    (mine / "state.json").write_text('{"step": 42}')
+    assert ckpt.checkpoint_step(str(mine)) == 42
+    (mine / "state.json").write_text('{"step": "42"}')
+    assert ckpt.checkpoint_step(str(mine)) is None
+    (mine / "state.json").write_text('[1]')
+    assert ckpt.checkpoint_step(str(mine)) is None
+    (mine / "state.json").write_text('{"step"')
+    assert ckpt.checkpoint_step(str(mine)) is None
+
+
+def test_resolve_reports_fallbacks_through_on_note_or_a_warning(tmp_path):
+    root = _root_with(tmp_path, [1, 2])
+    _truncate(os.path.join(root, "step_00000002", "config.json"), 3)
+    notes = []
+    assert ckpt.resolve_checkpoint(root, on_note=notes.append) == os.path.join(root, "step_00000001")
+    assert len(notes) == 2 and "step_00000002" in notes[0]
+    with pytest.warns(ckpt.CheckpointWarning) as caught:
+        ckpt.resolve_checkpoint(root)
+    assert [str(w.message) for w in caught] == notes
+    d1 = os.path.join(root, "step_00000001")
+    os.remove(os.path.join(d1, "model.safetensors"))
+    assert ckpt.resolve_checkpoint(d1) == d1                               # a directory with a manifest is itself
+    with pytest.raises(FileNotFoundError, match=f"no complete checkpoint in {root}: "):
+        ckpt.resolve_checkpoint(root)
+    assert not ckpt.has_checkpoint(root)
+
+
+def test_read_json_and_load_tensors_name_the_file(tmp_path):
+    with pytest.raises(FileNotFoundError, match=r"/a\.json: missing$"):
+        ckpt.read_json(str(tmp_path / "a.json"))
+    (tmp_path / "b.json").write_bytes(b"\xff\xfe")
+    with pytest.raises(ckpt.CheckpointError, match=r"/b\.json: not valid JSON, truncated or corrupted"):
+        ckpt.read_json(str(tmp_path / "b.json"))
+    with pytest.raises(FileNotFoundError, match=r"/t\.safetensors: missing$"):
+        ckpt.load_tensors(str(tmp_path / "t.safetensors"))
+    (tmp_path / "t.safetensors").write_bytes(b"\x08\x00\x00\x00\x00\x00\x00\x00{}")
+    with pytest.raises(ckpt.CheckpointError, match=r"/t\.safetensors: not a valid safetensors file"):
+        ckpt.load_tensors(str(tmp_path / "t.safetensors"))
+    ckpt.save_tensors(str(tmp_path / "u.safetensors"), {"w": torch.ones(2)})
+    assert torch.equal(ckpt.load_tensors(str(tmp_path / "u.safetensors"), device="cpu")["w"], torch.ones(2))
+
+
+def test_load_checkpoint_checks_only_what_it_reads(tmp_path):
+    net = _net()
+    opt = _stepped_adam(net)
+    path = ckpt.save_checkpoint(str(tmp_path), step=1, model=net, config={}, optimizers={"g": opt},
+                                discriminator=_net(1))
+    _truncate(os.path.join(path, "optimizer.safetensors"))
+    other = _net(3)
+    info = ckpt.load_checkpoint(path, model=other, discriminator=_net(4))   # the optimizer file is not read
+    assert info["state"]["step"] == 1 and torch.equal(other[0].weight, net[0].weight)
+    with pytest.raises(ckpt.CheckpointError, match="optimizer.safetensors: 10 bytes"):
+        ckpt.load_checkpoint(path, optimizers={"g": torch.optim.Adam(_net().parameters())})
+    _truncate(os.path.join(path, "discriminator.safetensors"))
+    with pytest.raises(ckpt.CheckpointError, match="discriminator.safetensors: 10 bytes"):
+        ckpt.load_checkpoint(path, discriminator=_net())
+    ckpt.load_checkpoint(path, model=_net())
+    with pytest.raises(ckpt.CheckpointError, match="model.safetensors"):
+        _truncate(os.path.join(path, "model.safetensors"))
+        ckpt.load_checkpoint(path, model=_net())
+    with pytest.raises(ckpt.CheckpointError, match="model.safetensors"):
+        ckpt.load_pretrained(path)
+
+
+def test_atomic_write_failure_leaves_the_old_file_and_no_temp(tmp_path):
+    target = tmp_path / "f.bin"
+    target.write_bytes(b"old")
+    with pytest.raises(TypeError):
+        ckpt.atomic_write_bytes(str(target), "not bytes")
+    assert target.read_bytes() == b"old" and os.listdir(tmp_path) == ["f.bin"]
+
+
+def test_cleanup_removes_stray_temp_files_and_keeps_newer_checkpoints(tmp_path):
+    root = _root_with(tmp_path, [5])
+    open(os.path.join(root, ".tmp-last.json-abc"), "w").write("x")
+    os.makedirs(os.path.join(root, "step_00000009"))                     # newer than the one being published
+    ckpt.save_checkpoint(root, step=6, model=_net(), config={})
+    assert sorted(os.listdir(root)) == ["last.json", "step_00000006", "step_00000009"]
+
+
+def test_numpy_and_python_rng_states_restore_exactly():
+    np.random.seed(3)
+    np.random.randn(1)                                                   # leaves a cached gaussian
+    random.seed(3)
+    random.gauss(0, 1)
+    state = json.loads(json.dumps(ckpt.capture_rng_state()))
+    want_np, want_py = np.random.get_state(), random.getstate()
+    a = (np.random.randn(3), random.gauss(0, 1), random.random())
+    np.random.seed(9)
+    random.seed(9)
+    ckpt.restore_rng_state(state)
+    got_np = np.random.get_state()
+    assert got_np[0] == want_np[0] and np.array_equal(got_np[1], want_np[1]) and got_np[1].dtype == np.uint32
+    assert got_np[2:] == want_np[2:] and random.getstate() == want_py
+    assert np.array_equal(np.random.randn(3), a[0]) and random.gauss(0, 1) == a[1] and random.random() == a[2]
+    assert state["cuda"] == [] or torch.cuda.is_available()
