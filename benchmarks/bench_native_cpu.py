@@ -12,12 +12,12 @@ noisy machine even when absolute times do not. Per shape it prints the median wa
   - naive:          reference.pq_assign_naive (the full (N, S, K) expansion |x|^2 - 2 x.c + |c|^2)
 the ratios "x faiss" / "x compile" / "x naive" (their time / ours: > 1 means we are faster), and the fraction of the
 machine's arithmetic limit our time reaches:
-  - direct-formula kernel (d < LARGE_D, the register-blocked scan): a (row, code) pair costs 2d + 1 vector lane
-    ops (d subtractions, d multiply(-add)s, one min), so limit = N S K (2d + 1) / (lanes * vec_ops_per_cycle *
-    cores * GHz);
-  - GEMM path (l2, d >= LARGE_D): limit = 2 N K d flops / (2 flops * lanes * fma_per_cycle * cores * GHz).
-  lanes = 16 with AVX-512 (torch's CPU capability), 8 with AVX2; --vec-ops 2 and --ghz (default: /proc/cpuinfo)
-  describe the core; they are stated in the output because they are assumptions, not measurements.
+  - direct-formula kernel (the register-blocked scan): a (row, code) pair costs 2d + 1 fp32 lane ops (d
+    subtractions, d multiply(-add)s, one min), so limit = N S K (2d + 1) / (lane_ops * cores * GHz);
+  - GEMM path (l2 where cpu_large_d.uses_gemm(d, K)): limit = 2 N S K d flops / (2 lane_ops * cores * GHz).
+  lane_ops = fp32 lane operations one core issues per cycle: 16 by default (two 256-bit FP ops, or one 512-bit,
+  per cycle -- what per-thread CPU time shows on the project's Xeon: AVX-512 runs the scan no faster than AVX2);
+  --lane-ops and --ghz (default: /proc/cpuinfo) override these assumptions, which the output states.
 Then the EMA statistics and the codebook gradient (pq_ema_stats / pq_codebook_grad, backend "cpu") with the GB/s
 they reach (bytes = x read + indices read + (counts and) sums written once) against the naive one-hot version.
 Timing: one warm-up call, then --reps timed calls; the median is reported (min in brackets).
@@ -25,13 +25,19 @@ Timing: one warm-up call, then --reps timed calls; the median is reported (min i
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import time
 
-import torch
+# faiss-cpu ships its own libgomp: with two OpenMP runtimes in one process, each one's idle workers spin for a
+# while after every parallel region and take the cores the other needs (measured: pqgan 7x and faiss 1.5-3x
+# slower at 2 threads). Passive waiting, set before either runtime starts, gives every contender the same footing.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
-import pqgan_kernels
-from pqgan_kernels import cpu_large_d, reference
+import torch  # noqa: E402
+
+import pqgan_kernels  # noqa: E402
+from pqgan_kernels import cpu_large_d, reference  # noqa: E402
 
 # name=S,d,K,N: the #15 table. F8 = PQGAN-F8, VQ d256 = taming VQGAN's codebook, VQ d8 = LlamaGen's.
 SHAPES = {"f8": (64, 2, 512, 8192), "s16d16": (16, 16, 512, 8192), "s8d32": (8, 32, 256, 8192),
@@ -81,7 +87,7 @@ def fmt_ratio(other, ours):
     return f"{other / ours:6.2f}x" if isinstance(other, float) else f"{'-':>7}"
 
 
-def bench_assign(args, faiss, lanes: int):
+def bench_assign(args, faiss):
     compiled = torch.compile(reference.pq_assign_naive, dynamic=False) if args.compile else None
     if compiled is not None:
         import torch._dynamo as dynamo
@@ -104,11 +110,11 @@ def bench_assign(args, faiss, lanes: int):
         else:
             row["compile"] = None
         row["naive"] = timed(lambda: reference.pq_assign_naive(x, cb), max(1, min(args.reps, 5)))[0]
-        if d >= cpu_large_d.LARGE_D:  # GEMM path: 2NKd flops at lanes * 2 flops per FMA
-            limit_ms = 2 * N * S * K * d / (2 * lanes * args.vec_ops * cores * args.ghz * 1e9) * 1e3
+        if cpu_large_d.uses_gemm(d, K):  # GEMM path: 2NKd flops, 2 flops per FMA lane op
+            limit_ms = 2 * N * S * K * d / (2 * args.lane_ops * cores * args.ghz * 1e9) * 1e3
             kind = "sgemm"
         else:  # direct formula: 2d + 1 lane ops per (row, code) pair
-            limit_ms = N * S * K * (2 * d + 1) / (lanes * args.vec_ops * cores * args.ghz * 1e9) * 1e3
+            limit_ms = N * S * K * (2 * d + 1) / (args.lane_ops * cores * args.ghz * 1e9) * 1e3
             kind = "fma-issue"
         print(f"{name:10s} {S:3d} {d:4d} {K:6d} {N:5d} | {ours[0]:8.1f} "
               + " ".join(f"{row[k]:8.1f}" if row[k] is not None else f"{'-':>8s}" for k in ("faiss", "compile",
@@ -157,7 +163,7 @@ def main():
     parser.add_argument("--no-compile", dest="compile", action="store_false", help="skip torch.compile(naive)")
     parser.add_argument("--no-stats", dest="stats", action="store_false", help="skip the EMA statistics / grad")
     parser.add_argument("--ghz", type=float, default=cpu_ghz(), help="core clock for the limits (GHz)")
-    parser.add_argument("--vec-ops", type=int, default=2, help="vector FMA/ALU ops issued per cycle per core")
+    parser.add_argument("--lane-ops", type=int, default=16, help="fp32 lane ops (FMA/ALU) per cycle per core")
     args = parser.parse_args()
     args.shapes = [parse_shape(s) for s in args.shapes]
     try:
@@ -170,11 +176,10 @@ def main():
     if pqgan_kernels.backend_info()["cpu"] != "available":  # also loads the native backend
         raise SystemExit(f"backend cpu unavailable: {pqgan_kernels.backend_info()['cpu']}")
     cap = torch.backends.cpu.get_cpu_capability()
-    lanes = 16 if "512" in cap else 8
-    print(f"threads={torch.get_num_threads()} cpu_isa={torch.ops.pqgan_native.cpu_isa()} torch_capability={cap} "
-          f"faiss={getattr(faiss, '__version__', None)} limits assume {lanes} fp32 lanes x {args.vec_ops} vector "
-          f"ops/cycle x {args.threads} cores x {args.ghz:.2f} GHz; median of {args.reps}")
-    bench_assign(args, faiss, lanes)
+    print(f"threads={torch.get_num_threads()} OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY')} cpu_isa={torch.ops.pqgan_native.cpu_isa()} torch_capability={cap} "
+          f"faiss={getattr(faiss, '__version__', None)}\nlimits assume {args.lane_ops} fp32 lane ops/cycle x "
+          f"{args.threads} cores x {args.ghz:.2f} GHz; times: median of {args.reps} (ms)")
+    bench_assign(args, faiss)
     if args.stats:
         bench_stats(args)
 

@@ -53,8 +53,8 @@ def assign(x: torch.Tensor, codebooks: torch.Tensor, distance: str = "l2") -> tu
 
 
 def cpu_assign(x: torch.Tensor, codebooks: torch.Tensor, distance: str = "l2") -> tuple[torch.Tensor, torch.Tensor]:
-    """``assign`` on the CPU; l2 with d >= cpu_large_d.LARGE_D goes to the exact BLAS + re-check path (faster)."""
-    if distance == "l2" and codebooks.shape[2] >= cpu_large_d.LARGE_D:
+    """``assign`` on the CPU; l2 with large d and K (cpu_large_d.uses_gemm) goes to the exact BLAS path (faster)."""
+    if distance == "l2" and cpu_large_d.uses_gemm(codebooks.shape[2], codebooks.shape[1]):
         return cpu_large_d.assign_l2(x, codebooks)
     return assign(x, codebooks, distance)
 

@@ -24,7 +24,7 @@ TIE_FACTOR = 4.0
 
 
 def gemm_assign(x, cb):
-    """The large-d path itself, whatever d (the backend routes only d >= LARGE_D here)."""
+    """The large-d path itself, whatever d and K (the backend routes only cpu_large_d.uses_gemm(d, K) here)."""
     return cpu_large_d.assign_l2(x, cb)
 
 
@@ -155,12 +155,14 @@ def test_peak_memory_at_most_twice_the_output(centre):
 def test_large_d_is_used_only_for_l2_and_large_d(monkeypatch):
     calls = []
     real = cpu_large_d.assign_l2
-    monkeypatch.setattr(cpu_large_d, "assign_l2", lambda *a: calls.append(1) or real(*a))
-    x, cb = random_case(8, 1, cpu_large_d.LARGE_D, 4)
-    pqgan_kernels.pq_assign(x, cb, backend="cpu")
-    pqgan_kernels.pq_assign(x, cb, backend="cpu", distance="cosine")
-    pqgan_kernels.pq_assign(*random_case(8, 2, cpu_large_d.LARGE_D - 1, 4), backend="cpu")
-    assert len(calls) == 1
+    monkeypatch.setattr(cpu_large_d, "assign_l2", lambda *a: calls.append(a[1].shape) or real(*a))
+    big = (cpu_large_d.ALWAYS_D, 4), (cpu_large_d.LARGE_D, cpu_large_d.MIN_CODES)
+    small = (cpu_large_d.LARGE_D, cpu_large_d.MIN_CODES - 1), (cpu_large_d.LARGE_D - 1, 2 * cpu_large_d.MIN_CODES)
+    for d, K in big + small:
+        x, cb = random_case(8, 1, d, K)
+        pqgan_kernels.pq_assign(x, cb, backend="cpu")
+        pqgan_kernels.pq_assign(x, cb, backend="cpu", distance="cosine")
+    assert [shape[1:] for shape in calls] == [(K, d) for d, K in big]
 
 
 def test_bad_coefficient_raises():

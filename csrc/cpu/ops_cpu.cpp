@@ -149,7 +149,11 @@ void scatter_cpu_impl(const at::Tensor& values, const at::Tensor& indices, at::T
   const int64_t nchunks = (d + kStatChunk - 1) / kStatChunk;
   const int64_t units = S * nchunks;
   const int64_t threads = std::max<int64_t>(1, at::get_num_threads());
-  const int64_t parts = std::min<int64_t>(kStatParts, (N + kStatPartRows - 1) / kStatPartRows);
+  // Partial buffers cost zeroing plus one reduction pass over (parts - 1) outputs: only worth it while they are
+  // no larger than the input (with a big codebook, e.g. plain VQ, one part and more coordinate groups is faster).
+  const int64_t out_elems = S * K * d;
+  const int64_t parts = std::max<int64_t>(1, std::min<int64_t>({kStatParts, (N + kStatPartRows - 1) / kStatPartRows,
+                                                                  1 + (N * D) / std::max<int64_t>(1, out_elems)}));
   const int64_t groups = std::min<int64_t>(units, (4 * threads + parts - 1) / parts);
   const int64_t per_part = S * K * d;
   std::vector<T> partial(parts > 1 ? (parts - 1) * (per_part + (cp ? S * K : 0)) : 0, T(0));
@@ -161,18 +165,26 @@ void scatter_cpu_impl(const at::Tensor& values, const at::Tensor& indices, at::T
       const int64_t n0 = N * p / parts, n1 = N * (p + 1) / parts;
       T* sums_p = p == 0 ? sp : partial.data() + (p - 1) * (per_part + (cp ? S * K : 0));
       T* counts_p = cp == nullptr ? nullptr : (p == 0 ? cp : sums_p + per_part);
+      const int64_t s_first = u0 / nchunks, c_first = u0 % nchunks;
       for (int64_t n = n0; n < n1; ++n) {
+        const index_t* irow = ip + n * S;
+        const scalar_t* xrow = vp + n * D;
+        int64_t s = s_first, c = c_first;  // unit u = (s, chunk c), walked without divisions
         for (int64_t u = u0; u < u1; ++u) {
-          const int64_t s = u / nchunks, j0 = (u % nchunks) * kStatChunk, j1 = std::min(d, j0 + kStatChunk);
-          const int64_t k = static_cast<int64_t>(ip[n * S + s]);
+          const int64_t k = static_cast<int64_t>(irow[s]);
           if (k < 0 || k >= K) {
             bad = true;
             return;
           }
-          const scalar_t* src = vp + n * D + s * d;
+          const int64_t j0 = c * kStatChunk, j1 = std::min(d, j0 + kStatChunk);
+          const scalar_t* src = xrow + s * d;
           T* dst = sums_p + (s * K + k) * d;
           for (int64_t j = j0; j < j1; ++j) dst[j] += static_cast<T>(src[j]);
-          if (counts_p != nullptr && j0 == 0) counts_p[s * K + k] += T(1);
+          if (counts_p != nullptr && c == 0) counts_p[s * K + k] += T(1);
+          if (++c == nchunks) {
+            c = 0;
+            ++s;
+          }
         }
       }
     }
