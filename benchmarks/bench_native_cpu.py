@@ -8,8 +8,8 @@ noisy machine even when absolute times do not. Per shape it prints the median wa
   - pqgan cpu:      pqgan_kernels.pq_assign(x, cb, backend="cpu")
   - faiss:          S = 1: IndexFlatL2.add(codebook) + search(x, k=1); S > 1: ProductQuantizer.compute_codes
                     (codes only, no unpacking) -- faiss is skipped for S > 1 when K is not a power of two
-  - torch.compile:  torch.compile(reference.pq_assign_naive) (compile time excluded)
-  - naive:          reference.pq_assign_naive (the full (N, S, K) expansion |x|^2 - 2 x.c + |c|^2)
+  - torch.compile:  torch.compile(naive_quantizer.pq_assign_naive) (compile time excluded)
+  - naive:          naive_quantizer.pq_assign_naive (the full (N, S, K) expansion |x|^2 - 2 x.c + |c|^2)
 the ratios "x faiss" / "x compile" / "x naive" (their time / ours: > 1 means we are faster), and the fraction of the
 machine's arithmetic limit our time reaches:
   - direct-formula kernel (the register-blocked scan): a (row, code) pair costs 2d + 1 fp32 lane ops (d
@@ -38,6 +38,8 @@ import torch  # noqa: E402
 
 import pqgan_kernels  # noqa: E402
 from pqgan_kernels import cpu_large_d, reference  # noqa: E402
+
+from naive_quantizer import pq_assign_naive  # noqa: E402
 
 # name=S,d,K,N: the #15 table. F8 = PQGAN-F8, VQ d256 = taming VQGAN's codebook, VQ d8 = LlamaGen's.
 SHAPES = {"f8": (64, 2, 512, 8192), "s16d16": (16, 16, 512, 8192), "s8d32": (8, 32, 256, 8192),
@@ -88,7 +90,7 @@ def fmt_ratio(other, ours):
 
 
 def bench_assign(args, faiss):
-    compiled = torch.compile(reference.pq_assign_naive, dynamic=False) if args.compile else None
+    compiled = torch.compile(pq_assign_naive, dynamic=False) if args.compile else None
     if compiled is not None:
         import torch._dynamo as dynamo
         for knob in ("recompile_limit", "cache_size_limit"):
@@ -109,7 +111,7 @@ def bench_assign(args, faiss):
             row["compile"] = timed(lambda: compiled(x, cb), args.reps)[0]
         else:
             row["compile"] = None
-        row["naive"] = timed(lambda: reference.pq_assign_naive(x, cb), max(1, min(args.reps, 5)))[0]
+        row["naive"] = timed(lambda: pq_assign_naive(x, cb), max(1, min(args.reps, 5)))[0]
         if cpu_large_d.uses_gemm(d, K):  # GEMM path: 2NKd flops, 2 flops per FMA lane op
             limit_ms = 2 * N * S * K * d / (2 * args.lane_ops * cores * args.ghz * 1e9) * 1e3
             kind = "sgemm"

@@ -35,6 +35,7 @@ from pqgan_kernels import reference  # noqa: E402
 import timing  # noqa: E402
 from configs import CONFIGS, parse_configs  # noqa: E402
 from contenders import MEASUREMENTS, Case, build_contenders  # noqa: E402
+from naive_quantizer import pq_assign_naive  # noqa: E402
 
 SCHEMA = "pqgan-bench/2"
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -183,7 +184,7 @@ def make_case(cfg, args, first: bool) -> Case:
         _, indices = pqgan_kernels.pq_assign(x, codebooks)
     else:
         chunk = max(1, (1 << 24) // (cfg.S * cfg.K))
-        indices = torch.cat([reference.pq_assign_naive(x[i:i + chunk], codebooks)[1] for i in range(0, N, chunk)])
+        indices = torch.cat([pq_assign_naive(x[i:i + chunk], codebooks)[1] for i in range(0, N, chunk)])
     return Case(cfg, N, x, codebooks, indices, oracle, args.device, first)
 
 

@@ -24,7 +24,7 @@ import pqgan_kernels
 from pqgan_kernels import reference
 
 from configs import Config
-from naive_quantizer import NaiveProductQuantizer, naive_ema_update
+from naive_quantizer import NaiveProductQuantizer, naive_ema_update, pq_assign_naive
 
 Prepared = Union[Callable[[], object], str]
 MEASUREMENTS = ("forward", "train", "ema")
@@ -114,7 +114,7 @@ class Contender:
 class Naive(Contender):
     name = "naive"
     description = ("plain PyTorch as public code does it: full (N,S,K) |x|^2-2x.c+|c|^2 distances "
-                   "(reference.pq_assign_naive); one-hot EMA; z+(q-z).detach()")
+                   "(naive_quantizer.pq_assign_naive); one-hot EMA; z+(q-z).detach()")
 
     reducible = True
 
@@ -129,7 +129,7 @@ class Naive(Contender):
 
     def forward(self, case):
         x, cb = case.x, case.codebooks
-        return lambda: reference.pq_assign_naive(x, cb)
+        return lambda: pq_assign_naive(x, cb)
 
     def train(self, case):
         layer = NaiveProductQuantizer(case.cfg.D, case.cfg.S, case.cfg.K, ema_decay=DECAY,
@@ -147,7 +147,7 @@ class Naive(Contender):
 
 class Compiled(Contender):
     name = "torch.compile"
-    description = "torch.compile(reference.pq_assign_naive) (default mode); compile time reported separately"
+    description = "torch.compile(naive_quantizer.pq_assign_naive) (default mode); compile time reported separately"
 
     def __init__(self, policy: str = "all"):
         self.policy = policy  # "all", "first" or "none"
@@ -169,7 +169,7 @@ class Compiled(Contender):
             for knob in ("recompile_limit", "cache_size_limit"):  # one graph per config shape
                 if hasattr(dynamo.config, knob):
                     setattr(dynamo.config, knob, max(64, getattr(dynamo.config, knob)))
-            self.fn = torch.compile(reference.pq_assign_naive)
+            self.fn = torch.compile(pq_assign_naive)
         x, cb, fn = case.x, case.codebooks, self.fn
         t0 = time.perf_counter()
         fn(x, cb)

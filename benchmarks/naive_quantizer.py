@@ -3,7 +3,8 @@
 It has the semantics of ``pqgan.ProductQuantizer`` in EMA mode (same loss, same Laplace-smoothed EMA update, same
 straight-through output, same per-batch code statistics) but is written the way public VQ/PQ layers are:
 
-* distances as the full (N, S, K) tensor ``|x|^2 - 2 x.c + |c|^2`` (``reference.pq_assign_naive``);
+* distances as the full (N, S, K) tensor ``|x|^2 - 2 x.c + |c|^2`` (``pq_assign_naive``, also the assignment
+  baseline of contenders.py and bench_native_cpu.py);
 * EMA statistics through a dense one-hot (N, S, K) matrix;
 * straight-through as ``z + (q - z).detach()``.
 
@@ -15,7 +16,23 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from pqgan_kernels.reference import pq_assign_naive
+from pqgan_kernels.reference import pq_lookup
+
+
+def pq_assign_naive(x: torch.Tensor, codebooks: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The way public PQ/VQ code does it: the full (N, S, K) distance tensor via |x|^2 - 2 x.c + |c|^2.
+
+    Not the oracle (the expansion rounds differently); this is the baseline the benchmarks compare against.
+    x (N, S*d), codebooks (S, K, d) -> (quantized (N, S*d) in x.dtype, indices (N, S) int64).
+    """
+    N = x.shape[0]
+    S, K, d = codebooks.shape
+    xs = x.reshape(N, S, d)
+    dist = (xs.square().sum(-1, keepdim=True)
+            - 2 * torch.einsum("nsd,skd->nsk", xs, codebooks.to(x.dtype))
+            + codebooks.to(x.dtype).square().sum(-1)[None])
+    indices = dist.argmin(-1)
+    return pq_lookup(codebooks, indices).to(x.dtype), indices
 
 
 def naive_ema_stats(x: torch.Tensor, indices: torch.Tensor, num_codes: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -29,7 +46,7 @@ def naive_ema_stats(x: torch.Tensor, indices: torch.Tensor, num_codes: int) -> t
 
 def naive_ema_update(x: torch.Tensor, indices: torch.Tensor, codebooks: torch.Tensor, cluster_size: torch.Tensor,
                      embed_sum: torch.Tensor, decay: float = 0.99, eps: float = 1e-5) -> None:
-    """In-place EMA codebook step with one-hot statistics (same formula as ``reference.pq_ema_apply_``).
+    """In-place EMA codebook step with one-hot statistics (same formula as ``pqgan_kernels.pq_ema_apply_``).
 
     x (N, S*d), indices (N, S), codebooks (S, K, d), cluster_size (S, K), embed_sum (S, K, d).
     """

@@ -11,7 +11,7 @@ from . import reference
 from .dispatch import (BACKENDS, available_backends, backend_info, get_backend, register_backend,
                        resolve_backend, set_default_backend)
 from .ops import (pq_assign, pq_codebook_grad, pq_ema_stats, pq_ema_update, pq_lookup, resolved_backend)
-from .reference import pq_ema_apply_
+from .ema_apply import pq_ema_apply_
 from .validate import set_value_checks
 
 __all__ = [

@@ -6,7 +6,7 @@ A backend is a small record of functions with the reference's semantics (see ``r
     ema_stats(x, indices, num_codes)        -> (counts (S, K), sums (S, K, d)), fp32 (fp64 for fp64 x)
     codebook_grad(grad_q, indices, num_codes) -> (S, K, d), fp32 (fp64 for fp64 grad_q)
     ema_update(x, indices, codebooks, cluster_size, embed_sum, decay, eps) -> None, in place (optional:
-        when missing, ``ema_stats`` + ``reference.pq_ema_apply_``)
+        when missing, ``ema_stats`` + ``ema_apply.pq_ema_apply_``)
     unsupported(x, codebooks, distance)     -> None, or a reason this backend can't take these inputs (optional;
         codebooks is None when the op has none: ema_stats, codebook_grad)
 

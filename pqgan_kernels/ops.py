@@ -18,7 +18,7 @@ from typing import Optional
 
 import torch
 
-from . import reference, validate
+from . import ema_apply, reference, validate
 from .dispatch import get_backend, resolve_backend
 
 
@@ -117,7 +117,7 @@ def _pq_ema_update_op(x: torch.Tensor, indices: torch.Tensor, codebooks: torch.T
         impl.ema_update(x, indices, codebooks, cluster_size, embed_sum, decay, eps)
     else:
         counts, sums = impl.ema_stats(x, indices, codebooks.shape[1])
-        reference.pq_ema_apply_(codebooks, cluster_size, embed_sum, counts, sums, decay, eps)
+        ema_apply.pq_ema_apply_(codebooks, cluster_size, embed_sum, counts, sums, decay, eps)
 
 
 @_pq_ema_update_op.register_fake
@@ -157,7 +157,7 @@ def pq_ema_stats(x: torch.Tensor, indices: torch.Tensor, num_codes: int, *,
                  backend: str = "auto") -> tuple[torch.Tensor, torch.Tensor]:
     """Per-code counts (S, K) and sums of assigned sub-vectors (S, K, d), fp32 (fp64 for fp64 x). No one-hot.
 
-    Use it with ``reference.pq_ema_apply_`` when the statistics must be all-reduced across processes first.
+    Use it with ``pqgan_kernels.pq_ema_apply_`` when the statistics must be all-reduced across processes first.
     """
     validate.check_rows_and_indices("x", x, indices)
     name = resolve_backend(backend, x, None)
@@ -167,7 +167,7 @@ def pq_ema_stats(x: torch.Tensor, indices: torch.Tensor, num_codes: int, *,
 def pq_ema_update(x: torch.Tensor, indices: torch.Tensor, codebooks: torch.Tensor, cluster_size: torch.Tensor,
                   embed_sum: torch.Tensor, decay: float = 0.99, eps: float = 1e-5, *,
                   backend: str = "auto") -> None:
-    """Laplace-smoothed EMA codebook update, in place (semantics: ``reference.pq_ema_apply_``).
+    """Laplace-smoothed EMA codebook update, in place (semantics: ``reference.pq_ema_update``).
 
     x (N, S*d), indices (N, S), codebooks (S, K, d), cluster_size (S, K), embed_sum (S, K, d).
     """

@@ -21,6 +21,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from . import ema_apply
+
 DISTANCES = ("l2", "cosine")
 
 # Rows per chunk are chosen so the (rows, S, K, d) difference tensor stays below this many elements.
@@ -66,21 +68,6 @@ def pq_assign(x: torch.Tensor, codebooks: torch.Tensor, distance: str = "l2") ->
     return pq_lookup(codebooks, indices).to(x.dtype), indices
 
 
-def pq_distances(x: torch.Tensor, codebooks: torch.Tensor, indices: torch.Tensor,
-                 distance: str = "l2") -> torch.Tensor:
-    """The distance (l2: squared L2; cosine: 1 - cosine similarity) of each row to the chosen codewords, in float64.
-
-    x (N, S*d), codebooks (S, K, d), indices (N, S) -> (N, S). Used by tests to judge near-ties.
-    """
-    N = x.shape[0]
-    S, _, d = codebooks.shape
-    xs = x.double().reshape(N, S, d)
-    chosen = pq_lookup(codebooks.double(), indices).reshape(N, S, d)
-    if distance == "l2":
-        return (xs - chosen).square().sum(-1)
-    return 1.0 - (F.normalize(xs, dim=-1) * F.normalize(chosen, dim=-1)).sum(-1)
-
-
 def pq_codebook_grad(grad_quantized: torch.Tensor, indices: torch.Tensor, num_codes: int) -> torch.Tensor:
     """Gradient of ``quantized = lookup(codebooks, indices)`` w.r.t. the codebooks: a scatter-add per code.
 
@@ -108,44 +95,11 @@ def pq_ema_stats(x: torch.Tensor, indices: torch.Tensor, num_codes: int) -> tupl
     return counts, sums
 
 
-def pq_ema_apply_(codebooks: torch.Tensor, cluster_size: torch.Tensor, embed_sum: torch.Tensor,
-                  counts: torch.Tensor, sums: torch.Tensor, decay: float, eps: float) -> None:
-    """Laplace-smoothed EMA step from batch statistics, in place.
-
-    cluster_size <- decay*cluster_size + (1-decay)*counts        (S, K)
-    embed_sum    <- decay*embed_sum    + (1-decay)*sums          (S, K, d)
-    n  = cluster_size.sum(-1);  cs = (cluster_size + eps) / (n + K*eps) * n
-    codebooks    <- embed_sum / cs                               (S, K, d)
-    """
-    K = cluster_size.shape[1]
-    cluster_size.mul_(decay).add_(counts.to(cluster_size.dtype), alpha=1.0 - decay)
-    embed_sum.mul_(decay).add_(sums.to(embed_sum.dtype), alpha=1.0 - decay)
-    n = cluster_size.sum(-1, keepdim=True)
-    smoothed = (cluster_size + eps) / (n + K * eps) * n
-    codebooks.copy_(embed_sum / smoothed.unsqueeze(-1).to(embed_sum.dtype))
-
-
 def pq_ema_update(x: torch.Tensor, indices: torch.Tensor, codebooks: torch.Tensor, cluster_size: torch.Tensor,
                   embed_sum: torch.Tensor, decay: float, eps: float) -> None:
-    """One EMA codebook update from a batch, in place (see ``pq_ema_apply_``).
+    """One EMA codebook update from a batch, in place: these statistics, then ``ema_apply.pq_ema_apply_``.
 
     x (N, S*d), indices (N, S), codebooks (S, K, d), cluster_size (S, K), embed_sum (S, K, d).
     """
     counts, sums = pq_ema_stats(x, indices, codebooks.shape[1])
-    pq_ema_apply_(codebooks, cluster_size, embed_sum, counts, sums, decay, eps)
-
-
-def pq_assign_naive(x: torch.Tensor, codebooks: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """The way public PQ/VQ code does it: the full (N, S, K) distance tensor via |x|^2 - 2 x.c + |c|^2.
-
-    Not the oracle (the expansion rounds differently); this is the baseline the benchmarks compare against.
-    x (N, S*d), codebooks (S, K, d) -> (quantized (N, S*d), indices (N, S)).
-    """
-    N = x.shape[0]
-    S, K, d = codebooks.shape
-    xs = x.reshape(N, S, d)
-    dist = (xs.square().sum(-1, keepdim=True)
-            - 2 * torch.einsum("nsd,skd->nsk", xs, codebooks.to(x.dtype))
-            + codebooks.to(x.dtype).square().sum(-1)[None])
-    indices = dist.argmin(-1)
-    return pq_lookup(codebooks, indices).to(x.dtype), indices
+    ema_apply.pq_ema_apply_(codebooks, cluster_size, embed_sum, counts, sums, decay, eps)

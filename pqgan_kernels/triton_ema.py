@@ -7,7 +7,7 @@
 One pass over (x, indices): each program takes BM rows of one subspace and atomically adds each sub-vector into
 its code's row of ``sums`` (and 1 into ``counts``). Memory O(S*K*d), no one-hot. fp32 atomics make the sums'
 rounding order-dependent (not bitwise reproducible); counts are exact integers up to 2^24 per code.
-The apply step (``reference.pq_ema_apply_`` semantics) is one kernel, one program per subspace.
+The apply step (``ema_apply.pq_ema_apply_`` semantics) is one kernel, one program per subspace.
 """
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ import torch
 import triton
 import triton.language as tl
 
-from . import reference, validate
+from . import ema_apply, validate
 
 MAX_BD = 128
 
@@ -130,7 +130,7 @@ def ema_update(x, indices, codebooks, cluster_size, embed_sum, decay: float, eps
     counts, sums = ema_stats(x, indices, codebooks.shape[1])
     tensors = (codebooks, cluster_size, embed_sum)
     if any(t.dtype == torch.float64 or not t.is_contiguous() for t in tensors):
-        reference.pq_ema_apply_(codebooks, cluster_size, embed_sum, counts, sums, decay, eps)
+        ema_apply.pq_ema_apply_(codebooks, cluster_size, embed_sum, counts, sums, decay, eps)
         return
     S, K, d = codebooks.shape
     bd = min(MAX_BD, triton.next_power_of_2(d))

@@ -20,6 +20,7 @@ _spec = importlib.util.spec_from_file_location("bench_naive_quantizer", BENCH / 
 _naive = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(_naive)
 NaiveProductQuantizer, naive_ema_update = _naive.NaiveProductQuantizer, _naive.naive_ema_update
+pq_assign_naive = _naive.pq_assign_naive
 
 MEASUREMENTS = ("forward", "train", "ema")
 TIMING_KEYS = ("median_ms", "p20_ms", "p80_ms", "min_ms", "max_ms", "samples_ms", "timer")
@@ -126,6 +127,13 @@ def test_native_log_filter_drops_noise_keeps_warnings(capfd):
     assert native.suppressed == 2
     assert "a real warning from a library" in err and "python stderr still works" in err
     assert "profiler_start" not in err and "Memory block" not in err
+
+
+def test_naive_baseline_agrees_with_oracle_away_from_ties():
+    x, cb = random_case(200, 8, 4, 64, dtype=torch.float64)
+    assert torch.equal(pq_assign_naive(x, cb)[1], reference.pq_assign(x, cb)[1])
+    q, idx = pq_assign_naive(x.float(), cb)                  # quantized in x's dtype
+    assert q.dtype == torch.float32 and torch.equal(q, reference.pq_lookup(cb, idx).float())
 
 
 def test_naive_ema_matches_reference():
