@@ -11,11 +11,14 @@ Two kernels:
   * ``d <= SMALL_D_MAX`` (the paper's d=2): CUDA-core arithmetic unrolled over d (d is a constexpr). l2 is the
     sum of squared differences, the oracle's formula, with fp contraction off, so fp32 results are bit-identical
     to ``reference.pq_assign`` for d <= 2 (for d > 2 the oracle's summation order may differ by an ulp).
-  * larger d: ``tl.dot`` of the x tile with the codebook tile: score = |c|^2 - 2 x.c (l2) or -x.c/|c| (cosine).
-    Mode "exact" (default) uses an fp32 ("ieee") dot; mode "fast" a tf32 (or bf16, tf32x3) dot. Both re-check the
-    best R candidates per row (R = 2 exact, 4 fast) with the oracle's formula in fp32, so "fast" is wrong only
-    when the true winner is not among the R best approximate scores of its column winners
-    (``fast_path_mismatch`` measures how often).
+  * larger d: a bound-checked search (``bound.py``). Both sides are centred per subspace (x - m, c - m with m the
+    codebook mean: distances are translation invariant, the expansion's cancellation is not), approximate scores
+    |c'|^2 - 2 x'.c' (l2) or -x.c/|c| (cosine) come from ``tl.dot`` -- fp32 ("ieee") in mode "exact", tf32, bf16
+    or tf32x3 in mode "fast" -- and EVERY code within the row's bound B of the best approximate score is re-checked
+    with the direct formula (fp32). The per-(row, slot) state keeps each slot's best and runner-up; a row whose
+    candidates it can't enumerate (a runner-up within B, or more than RECHECK[mode] candidate slots) takes a direct
+    scan of all K codes. So both modes return the direct formula's winner; only their speed differs
+    (``fast_path_mismatch`` measures how often the approximate best alone would have been wrong).
 
 Distances are fp32 for fp16/bf16/fp32 inputs; fp64 inputs are not taken (``unsupported`` says so and dispatch
 routes them elsewhere).
@@ -432,10 +435,11 @@ def assign(x: torch.Tensor, codebooks: torch.Tensor, distance: str = "l2", *, mo
 
 def fast_path_mismatch(x: torch.Tensor, codebooks: torch.Tensor, distance: str = "l2",
                        precision: str | None = None) -> dict[str, float]:
-    """How often the fast (tf32/bf16) search disagrees with exact mode on these inputs.
+    """How often the fast (tf32/bf16/tf32x3) search disagrees with exact mode on these inputs.
 
     Returns {"approx_only": fraction of (row, subspace) where the best approximate score alone picks a different
-    index than exact mode, "after_recheck": the same for fast mode's final answer (after the fp32 re-check)}.
+    index than exact mode, "after_recheck": the same for fast mode's final answer (0 by construction: every
+    candidate within the bound is re-checked)}.
     Runs the dot kernel whatever d is.
     """
     precision = precision or _fast_precision
