@@ -15,7 +15,7 @@ test: install
 	$(PY) -m pytest -q tests
 
 bench: install
-	$(PY) benchmarks/bench_pq.py --json build/bench.json --plot build/bench.png
+	$(PY) -m benchmarks.bench_pq --json build/bench.json --plot build/bench.png
 
 mutants: install
 	$(PY) -c "import mutmut" 2>/dev/null || $(PY) -m pip install "mutmut>=3.8,<4"

@@ -1,6 +1,6 @@
 """CPU timing of backend "cpu" against faiss-cpu, torch.compile(naive) and the naive expansion, in ONE process.
 
-    python benchmarks/bench_native_cpu.py [--threads 2] [--reps 5] [--compile/--no-compile] [--no-stats]
+    python -m benchmarks.bench_native_cpu [--threads 2] [--reps 5] [--compile/--no-compile] [--no-stats]
                                           [name=N,S,d,K ...]
 
 Every contender runs on the same data (fp32, seeded randn) in this process, so the ratios hold on a shared,
@@ -39,7 +39,7 @@ import torch  # noqa: E402
 import pqgan_kernels  # noqa: E402
 from pqgan_kernels import cpu_large_d, reference  # noqa: E402
 
-from naive_quantizer import pq_assign_naive  # noqa: E402
+from .naive_quantizer import pq_assign_naive  # noqa: E402
 
 # name=S,d,K,N: the #15 table. F8 = PQGAN-F8, VQ d256 = taming VQGAN's codebook, VQ d8 = LlamaGen's.
 SHAPES = {"f8": (64, 2, 512, 8192), "s16d16": (16, 16, 512, 8192), "s8d32": (8, 32, 256, 8192),

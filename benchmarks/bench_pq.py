@@ -2,9 +2,9 @@
 """Speed and memory of product-quantisation assign / training step / EMA update: pqgan vs naive PyTorch,
 torch.compile and the peer libraries (faiss, vector-quantize-pytorch, flash-kmeans).
 
-    python benchmarks/bench_pq.py                       # the default set for this machine (CPU: a few minutes)
-    python benchmarks/bench_pq.py --quick               # smoke run, tiny sizes
-    python benchmarks/bench_pq.py --configs f8,vq --n 8192 --backends naive,cpu,faiss --repeats 10 \
+    python -m benchmarks.bench_pq                       # the default set for this machine (CPU: a few minutes)
+    python -m benchmarks.bench_pq --quick               # smoke run, tiny sizes
+    python -m benchmarks.bench_pq --configs f8,vq --n 8192 --backends naive,cpu,faiss --repeats 10 \
         --json results/x.json --plot results/x.png
 
 Prints which backends and peers run here (and why the others don't), then one table row per (config, contender)
@@ -25,17 +25,15 @@ from pathlib import Path
 
 START = time.perf_counter()
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
 import torch  # noqa: E402
 
 import pqgan_kernels  # noqa: E402
 from pqgan_kernels import reference  # noqa: E402
 
-import timing  # noqa: E402
-from configs import CONFIGS, parse_configs  # noqa: E402
-from contenders import MEASUREMENTS, Case, build_contenders  # noqa: E402
-from naive_quantizer import pq_assign_naive  # noqa: E402
+from . import timing  # noqa: E402
+from .configs import CONFIGS, parse_configs  # noqa: E402
+from .contenders import MEASUREMENTS, Case, build_contenders  # noqa: E402
+from .naive_quantizer import pq_assign_naive  # noqa: E402
 
 SCHEMA = "pqgan-bench/2"
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}

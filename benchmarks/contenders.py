@@ -23,8 +23,8 @@ import torch
 import pqgan_kernels
 from pqgan_kernels import reference
 
-from configs import Config
-from naive_quantizer import NaiveProductQuantizer, naive_ema_update, pq_assign_naive
+from .configs import Config
+from .naive_quantizer import NaiveProductQuantizer, naive_ema_update, pq_assign_naive
 
 Prepared = Union[Callable[[], object], str]
 MEASUREMENTS = ("forward", "train", "ema")

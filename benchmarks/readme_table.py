@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """The README's performance table and summary lines from a ``bench_pq.py --json`` report.
 
-    python benchmarks/readme_table.py build/bench.json      # after `make bench`; paste into README.md
+    python -m benchmarks.readme_table build/bench.json      # after `make bench`; paste into README.md
 
 One row per config: our fastest backend's forward, each peer's, torch.compile's and naive's (with the rows a
 contender ran on when fewer than the config's N), our train step and EMA update with their speed-up over naive (per
@@ -13,9 +13,7 @@ import json
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from bench_pq import _per_row, summary_lines  # noqa: E402
+from .bench_pq import _per_row, summary_lines
 
 
 def _ms(v: float) -> str:
@@ -65,7 +63,7 @@ def readme_table(report: dict) -> str:
 def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if len(argv) != 1:
-        raise SystemExit("usage: python benchmarks/readme_table.py REPORT.json")
+        raise SystemExit("usage: python -m benchmarks.readme_table REPORT.json")
     path = Path(argv[0])
     if not path.is_file():
         raise SystemExit(f"no such report: {path}")

@@ -28,4 +28,4 @@ cb, cs, es = torch.randn(S, K, d, device="cuda"), torch.ones(S, K, device="cuda"
 print(f"EMA stats S16-d16-K512: {tt.do_bench(lambda: te.ema_stats(x, idx, K), rep=200):.4f} ms")
 print(f"EMA update S16-d16-K512: {tt.do_bench(lambda: te.ema_update(x, idx, cb, cs, es, 0.99, 1e-5), rep=200):.4f} ms")
 PY
-python3 benchmarks/bench_pq.py --json "$OUT/bench_h100.json" 2>&1 | tee "$OUT/bench.txt"
+python3 -m benchmarks.bench_pq --json "$OUT/bench_h100.json" 2>&1 | tee "$OUT/bench.txt"

@@ -1,6 +1,5 @@
 """The benchmark script runs end to end (``--quick``, CPU, subprocess) and writes a well-formed JSON report; the
 benchmark's naive quantiser has the product's semantics. No timing assertions."""
-import importlib.util
 import json
 import os
 import subprocess
@@ -9,18 +8,13 @@ from pathlib import Path
 
 import torch
 
+from benchmarks import timing
+from benchmarks.naive_quantizer import NaiveProductQuantizer, naive_ema_update, pq_assign_naive
 from kernel_checks import random_case
 from pqgan_kernels import reference
 
 ROOT = Path(__file__).resolve().parents[1]
-BENCH = ROOT / "benchmarks"
 
-# loaded by path: putting benchmarks/ on sys.path would shadow generic module names (configs, timing) for others
-_spec = importlib.util.spec_from_file_location("bench_naive_quantizer", BENCH / "naive_quantizer.py")
-_naive = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(_naive)
-NaiveProductQuantizer, naive_ema_update = _naive.NaiveProductQuantizer, _naive.naive_ema_update
-pq_assign_naive = _naive.pq_assign_naive
 
 MEASUREMENTS = ("forward", "train", "ema")
 TIMING_KEYS = ("median_ms", "p20_ms", "p80_ms", "min_ms", "max_ms", "samples_ms", "timer")
@@ -32,7 +26,7 @@ def test_bench_quick_json(tmp_path):
     env["CUDA_VISIBLE_DEVICES"] = ""  # CPU run even on a GPU machine
     # Two configs (d=2: the small-d kernels; d=16: the dot kernels); torch.compile off and one thread to stay
     # fast on a shared 2-core machine; a tiny --budget-s makes the (N,S,K) contenders run on fewer rows (16 of 64).
-    cmd = [sys.executable, str(BENCH / "bench_pq.py"), "--quick", "--configs", "f16,mid", "--compile", "none",
+    cmd = [sys.executable, "-m", "benchmarks.bench_pq", "--quick", "--configs", "f16,mid", "--compile", "none",
            "--backends", "all", "--budget-s", "0.0005", "--threads", "1", "--json", str(out), "--plot", str(png)]
     proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -107,7 +101,7 @@ def test_bench_quick_json(tmp_path):
     assert png.stat().st_size > 1000
 
     # the README table: one row per config, our backend's forward in bold, then the summary lines
-    readme = subprocess.run([sys.executable, str(BENCH / "readme_table.py"), str(out)], cwd=ROOT, env=env,
+    readme = subprocess.run([sys.executable, "-m", "benchmarks.readme_table", str(out)], cwd=ROOT, env=env,
                             capture_output=True, text=True, timeout=120)
     assert readme.returncode == 0, readme.stderr[-3000:]
     rows = [line for line in readme.stdout.splitlines() if line.startswith("| ") and "**pqgan:" in line]
@@ -116,7 +110,6 @@ def test_bench_quick_json(tmp_path):
 
 
 def test_native_log_filter_drops_noise_keeps_warnings(capfd):
-    timing = _load_bench_module("timing")
     with timing.NativeLogFilter() as native:
         os.write(2, b"USDT:2026-11-29 04:24:07 1:1 SyncActivityProfilerHandler.cpp:39] profiler_start\n")
         os.write(2, b"[W1129 CPUAllocator.cpp:245] Memory block of unknown size was allocated before the "
@@ -167,16 +160,7 @@ def test_naive_quantizer_semantics():
     torch.testing.assert_close(layer.codebooks, cb_ref)
 
 
-def _load_bench_module(name):
-    spec = importlib.util.spec_from_file_location(f"bench_{name}", BENCH / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up there
-    spec.loader.exec_module(module)
-    return module
-
-
 def test_floor_model_and_summary():
-    timing = _load_bench_module("timing")
     peaks = {"fp32_inst_per_s": 1e12, "bytes_per_s": 1e12}
     # compute-bound: 1000 rows x 4 subspaces x 256 codes x (2*2+1) instructions
     assert abs(timing.floor_seconds(1000, 4, 2, 256, 4, peaks) - 1000 * 4 * 256 * 5 / 1e12) < 1e-15

@@ -1,7 +1,6 @@
-"""Smoke test of benchmarks/latent_diffusion_demo.py: both stages run end to end on tiny settings (CPU, seconds)."""
-import importlib.util
+"""Smoke test of benchmarks/demos/latent_diffusion_demo.py: both stages run end to end on tiny settings (CPU, seconds)."""
+import importlib
 import json
-from pathlib import Path
 
 import pytest
 import torch
@@ -9,15 +8,9 @@ from PIL import Image
 
 pytest.importorskip("diffusers")
 
-SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "latent_diffusion_demo.py"
-
-
 @pytest.fixture(scope="module")
 def demo():
-    spec = importlib.util.spec_from_file_location("latent_diffusion_demo", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return importlib.import_module("benchmarks.demos.latent_diffusion_demo")
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")

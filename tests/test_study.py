@@ -1,20 +1,17 @@
-"""Smoke test of benchmarks/study_pq_vs_vq.py: 2 training steps of two tiny configs on synthetic photos.
+"""Smoke test of benchmarks/study/study_pq_vs_vq.py: 2 training steps of two tiny configs on synthetic photos.
 
 Checks the per-run and combined JSON fields, that a re-run skips finished runs (resume), and that --report fills
 the table section of a markdown file and writes the PNG plot. Synthetic images keep it independent of BSDS500.
 """
 import importlib.util
 import json
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "benchmarks"))
-import study_pq_vs_vq as study  # noqa: E402
+from benchmarks.study import study_pq_vs_vq as study
 
 RUNS = "vq_D16_S1_K256,pq_D16_S8_K256"
 

@@ -21,10 +21,10 @@ Metrics per run: bits per image, PSNR (mean per image), SSIM, ST-LPIPS, codebook
 whole evaluation set (mean over subspaces), train time. Each run writes OUT/runs/<name>.json; OUT/study.json
 collects them. Runs whose JSON exists with the same budget are skipped (resume by re-running the command).
 
-    python benchmarks/study_pq_vs_vq.py                      # CPU defaults (see --help), resumable
-    python benchmarks/study_pq_vs_vq.py --runs vq_d16,pq_d16 --steps 20    # a smoke run of two configs
-    python benchmarks/study_pq_vs_vq.py --preset gpu --out benchmarks/results/study_gpu --device cuda
-    python benchmarks/study_pq_vs_vq.py --report             # table into docs/results.md + PSNR-vs-D plot
+    python -m benchmarks.study.study_pq_vs_vq                # CPU defaults (see --help), resumable
+    python -m benchmarks.study.study_pq_vs_vq --runs vq_d16,pq_d16 --steps 20  # a smoke run of two configs
+    python -m benchmarks.study.study_pq_vs_vq --preset gpu --out benchmarks/results/study_gpu --device cuda
+    python -m benchmarks.study.study_pq_vs_vq --report       # table into docs/results.md + PSNR-vs-D plot
 """
 from __future__ import annotations
 
@@ -41,16 +41,14 @@ from typing import Any, Dict, Iterable, List, Optional, Sequence
 
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
+ROOT = Path(__file__).resolve().parents[2]  # the repository root
 
-from pqgan.config import Config, apply_overrides, load_config  # noqa: E402
-from pqgan.data import PHOTOS_ENV, list_images, photo_dir  # noqa: E402
-from pqgan.losses import PQGANLoss  # noqa: E402
-from pqgan.metrics import MetricAccumulator, to_unit  # noqa: E402
-from pqgan.model import PQGAN  # noqa: E402
-from pqgan.packing import bits_per_code  # noqa: E402
+from pqgan.config import Config, apply_overrides, load_config
+from pqgan.data import PHOTOS_ENV, list_images, photo_dir
+from pqgan.losses import PQGANLoss
+from pqgan.metrics import MetricAccumulator, to_unit
+from pqgan.model import PQGAN
+from pqgan.packing import bits_per_code
 
 DEFAULT_OUT = ROOT / "benchmarks" / "results" / "study"
 DOCS = ROOT / "docs" / "results.md"

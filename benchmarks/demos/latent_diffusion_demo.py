@@ -1,8 +1,8 @@
 """Latent diffusion on PQ latents: a tiny end-to-end demo, and the denoiser's cost at F8 vs F16 latents.
 
-    python benchmarks/latent_diffusion_demo.py                       # demo + cost benchmark (~10 min on 2 CPU cores)
-    python benchmarks/latent_diffusion_demo.py --stage demo --checkpoint RUN_DIR   # a trained PQGAN instead of (a)
-    python benchmarks/latent_diffusion_demo.py --stage bench         # only (c), a few minutes
+    python -m benchmarks.demos.latent_diffusion_demo                 # demo + cost benchmark (~10 min on 2 CPU cores)
+    python -m benchmarks.demos.latent_diffusion_demo --stage demo --checkpoint RUN_DIR   # a trained PQGAN as (a)
+    python -m benchmarks.demos.latent_diffusion_demo --stage bench   # only (c), a few minutes
 
 Demo (``--stage demo``):
   (a) trains a tiny PQGAN (``--config``, default tiny_f8_pq: 64px -> 8x8x16 latents) for ``--ae-minutes`` with
@@ -26,28 +26,24 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
-import os
 import statistics
 import sys
 import time
 from pathlib import Path
 from typing import Optional
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
 
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-import torch.nn.functional as F  # noqa: E402
-from PIL import Image  # noqa: E402
+from pqgan import PQGAN
+from pqgan.checkpoint import load_pretrained, save_checkpoint
+from pqgan.config import load_config
+from pqgan.data import PHOTOS_ENV, build_dataset, photo_dir
+from pqgan.diffusers_adapter import DiffusersPQAutoencoder
 
-from pqgan import PQGAN  # noqa: E402
-from pqgan.checkpoint import load_pretrained, save_checkpoint  # noqa: E402
-from pqgan.config import load_config  # noqa: E402
-from pqgan.data import PHOTOS_ENV, build_dataset, photo_dir  # noqa: E402
-from pqgan.diffusers_adapter import DiffusersPQAutoencoder  # noqa: E402
-
-ROOT = Path(__file__).resolve().parent
+ROOT = Path(__file__).resolve().parents[1]  # benchmarks/
 
 
 def log(msg: str) -> None:
@@ -268,7 +264,7 @@ def _forward_flops(unet, z, t) -> Optional[int]:
 
 
 def run_bench(args) -> dict:
-    from timing import machine_info, peak_extra_bytes
+    from ..timing import machine_info, peak_extra_bytes
     device = args.device
     cases = bench_cases(args.image_size)
     channels = {c["latent"][0] for c in cases}
