@@ -39,7 +39,7 @@ import torch  # noqa: E402
 import pqgan_kernels  # noqa: E402
 from pqgan_kernels import cpu_large_d, reference  # noqa: E402
 
-from .naive_quantizer import pq_assign_naive  # noqa: E402
+from .naive_quantizer import naive_ema_stats, pq_assign_naive  # noqa: E402
 
 # name=S,d,K,N: the #15 table. F8 = PQGAN-F8, VQ d256 = taming VQGAN's codebook, VQ d8 = LlamaGen's.
 SHAPES = {"f8": (64, 2, 512, 8192), "s16d16": (16, 16, 512, 8192), "s8d32": (8, 32, 256, 8192),
@@ -127,7 +127,6 @@ def bench_assign(args, faiss):
 
 
 def bench_stats(args):
-    from naive_quantizer import naive_ema_stats
     print(f"\n{'stats':10s} {'S':>3s} {'d':>4s} {'K':>6s} {'N':>5s} | {'ema ms':>8s} {'GB/s':>6s} {'naive':>8s} "
           f"{'x naive':>7s} | {'grad ms':>8s} {'GB/s':>6s} {'x naive':>7s}")
     for name, (S, d, K, N) in args.shapes:

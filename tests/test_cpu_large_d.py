@@ -5,16 +5,13 @@ second-best fp64 distances differ by more than the direct formula's fp32 roundin
 second``) must get the oracle's index; any other row must get a code within that rounding of the best. Integer
 data has exact fp32 distances, so there every index (ties -> lowest) must equal the oracle's.
 """
-import importlib.util
-import sys
-from pathlib import Path
-
 import pytest
 import torch
 
 import pqgan_kernels
 from pqgan_kernels import cpu_large_d, reference
 
+from benchmarks.timing import peak_extra_bytes
 from kernel_checks import assert_assignment, random_case
 
 pytestmark = pytest.mark.skipif(pqgan_kernels.backend_info()["cpu"] != "available", reason="cpu backend not built")
@@ -131,21 +128,12 @@ def test_thread_count_does_not_change_the_codes():
     assert torch.equal(one, two)
 
 
-def _timing_module():
-    path = Path(__file__).resolve().parents[1] / "benchmarks" / "timing.py"
-    spec = importlib.util.spec_from_file_location("pqgan_bench_timing", path)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # its dataclasses look their module up
-    spec.loader.exec_module(module)
-    return module
-
-
 @pytest.mark.parametrize("centre", [0.0, 100.0, 1e4])
 def test_peak_memory_at_most_twice_the_output(centre):
     """No (N, K) buffer at any magnitude: every allocation of one call (outputs included) <= 2x the outputs."""
     N, K, d = 1024, 2048, 128
     x, cb = offset_case(N, 1, d, K, centre, 1.0, seed=9)
-    peak, method = _timing_module().peak_extra_bytes(lambda: gemm_assign(x, cb), "cpu")
+    peak, method = peak_extra_bytes(lambda: gemm_assign(x, cb), "cpu")
     if peak is None:
         pytest.skip(method)
     output = N * d * 4 + N * 8
