@@ -46,6 +46,14 @@ def _scatter_kernel(x_ptr, idx_ptr, sums_ptr, counts_ptr, N, K, stride_x,
 
 
 @triton.jit
+def _updated_cluster_size(cs_ptr, counts_ptr, off, km, decay, one_minus_decay):
+    """decay * cluster_size + (1 - decay) * counts at offsets off, rounded to cluster_size's dtype."""
+    cs = tl.load(cs_ptr + off, mask=km, other=0.0).to(tl.float32)
+    cnt = tl.load(counts_ptr + off, mask=km, other=0.0)
+    return (cs * decay + cnt * one_minus_decay).to(cs_ptr.dtype.element_ty)
+
+
+@triton.jit
 def _ema_apply_kernel(cb_ptr, cs_ptr, es_ptr, counts_ptr, sums_ptr, K, decay, one_minus_decay, eps, k_eps,
                       d: tl.constexpr, BD: tl.constexpr, BK: tl.constexpr):
     """One program per subspace. Race-free by construction: the updated cluster sizes are computed from the
@@ -58,18 +66,14 @@ def _ema_apply_kernel(cb_ptr, cs_ptr, es_ptr, counts_ptr, sums_ptr, K, decay, on
     for k0 in range(0, K, BK):
         k = k0 + ks
         km = k < K
-        cs = tl.load(cs_ptr + s * K + k, mask=km, other=0.0).to(tl.float32)
-        cnt = tl.load(counts_ptr + s * K + k, mask=km, other=0.0)
-        cs = (cs * decay + cnt * one_minus_decay).to(cs_ptr.dtype.element_ty)
+        cs = _updated_cluster_size(cs_ptr, counts_ptr, s * K + k, km, decay, one_minus_decay)
         n_vec += tl.where(km, cs.to(tl.float32), 0.0)
     n = tl.sum(n_vec, axis=0)
     dj = tl.arange(0, BD)
     for k0 in range(0, K, BK):
         k = k0 + ks
         km = k < K
-        cs = tl.load(cs_ptr + s * K + k, mask=km, other=0.0).to(tl.float32)
-        cnt = tl.load(counts_ptr + s * K + k, mask=km, other=0.0)
-        cs = (cs * decay + cnt * one_minus_decay).to(cs_ptr.dtype.element_ty)
+        cs = _updated_cluster_size(cs_ptr, counts_ptr, s * K + k, km, decay, one_minus_decay)
         tl.store(cs_ptr + s * K + k, cs, mask=km)
         smoothed = tl.div_rn(cs.to(tl.float32) + eps, n + k_eps) * n
         smoothed = tl.where(km, smoothed, 1.0)
