@@ -270,3 +270,40 @@ def test_reconstruction_loss_weights_the_perceptual_term():
     torch.testing.assert_close(total.detach(), 0.5 * l1 + 3.0 * p)
     torch.testing.assert_close(logs["perceptual"], p)
     torch.testing.assert_close(logs["l1"], l1)
+
+
+def test_defaults_discriminator_shape_and_zero_logs():
+    crit = PQGANLoss()                                                   # None: the default LossConfig
+    assert crit.config == LossConfig()
+    small = PQGANLoss(LossConfig(perceptual="none", disc_ndf=8, disc_layers=2, disc_norm="act"))
+    ref = NLayerDiscriminator(3, 8, 2, norm="act")
+    assert [p.shape for p in small.discriminator.parameters()] == [p.shape for p in ref.parameters()]
+    assert PQGANLoss(LossConfig(perceptual="none", perceptual_weight=0.0)).perceptual_name == "none"
+    x = random_images(1, 32)
+    loss, logs = small.discriminator_loss(x, x, step=-1)                  # before disc_start = 0
+    assert set(logs) == {"d_loss", "logits_real", "logits_fake"} and all(float(v) == 0 for v in logs.values())
+    with pytest.raises(TypeError, match="got int"):
+        PQGANLoss(3)
+
+
+def test_adaptive_weight_is_never_negative_and_respects_the_config_max():
+    w = torch.tensor([1.0], requires_grad=True)
+    assert float(adaptive_weight((w * 3).sum(), (w * 0).sum(), w, max_weight=7.0)) == 7.0
+    crit = PQGANLoss(LossConfig(perceptual="none", disc_ndf=8, disc_layers=2, adaptive_weight_max=0.5,
+                                disc_weight=1.0))
+    model = _Recon()
+    x = random_images(2, 32, seed=12)
+    recon = model(x)
+    _, logs = crit.generator_loss(x, recon, torch.tensor(0.0), step=0, last_layer=model.a)
+    assert float(logs["d_weight"]) <= 0.5
+
+
+@needs_st
+def test_the_perceptual_network_moves_with_the_module_even_for_double():
+    crit = PQGANLoss(LossConfig(perceptual="stlpips", perceptual_net="alex", disc_ndf=8, disc_layers=2))
+    crit.double()
+    assert all(p.dtype == torch.float64 for p in crit.perceptual.parameters())
+    off = PQGANLoss(LossConfig(perceptual="stlpips", perceptual_net="alex", perceptual_weight=0.0, disc_ndf=8,
+                               disc_layers=2))
+    assert off.perceptual is None and off.perceptual_name == "none"        # weight 0: no network is built
+    assert all(p.dtype == torch.float64 for p in crit.discriminator.parameters())
