@@ -29,10 +29,7 @@ import os
 import statistics
 import time
 
-# faiss-cpu ships its own libgomp: with two OpenMP runtimes in one process, each one's idle workers spin for a
-# while after every parallel region and take the cores the other needs (measured: pqgan 7x and faiss 1.5-3x
-# slower at 2 threads). Passive waiting, set before either runtime starts, gives every contender the same footing.
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+# OMP_WAIT_POLICY=PASSIVE is set by benchmarks/__init__.py, before torch or faiss load an OpenMP runtime.
 
 import torch  # noqa: E402
 
