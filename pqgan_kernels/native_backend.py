@@ -16,27 +16,25 @@ import torch
 
 from . import cpu_large_d
 from .dispatch import Backend, mark_unavailable, register_backend
-from .reference import compute_dtype
 
 BUILD_INFO = None
 
 
 def _register_fakes() -> None:
     """Shape functions of the native ops (for torch.compile / FakeTensor / opcheck)."""
+    from .ops import assign_outputs, codebook_grad_output, ema_stats_outputs  # the one output contract per op
+
     def assign_fake(x, codebooks, cosine):
-        return x.new_empty(x.shape), x.new_empty((x.shape[0], codebooks.shape[0]), dtype=torch.int64)
+        return assign_outputs(x, codebooks)
 
     def stats_fake(x, indices, num_codes):
-        S = indices.shape[1]
-        dtype = compute_dtype(x)
-        return (x.new_empty((S, num_codes), dtype=dtype), x.new_empty((S, num_codes, x.shape[1] // S), dtype=dtype))
+        return ema_stats_outputs(x, indices, num_codes)
 
     def grad_fake(grad, indices, num_codes):
-        S = indices.shape[1]
-        return grad.new_empty((S, num_codes, grad.shape[1] // S), dtype=compute_dtype(grad))
+        return codebook_grad_output(grad, indices, num_codes)
 
     def assign_gemm_fake(x, codebooks, bound_coefficient):
-        return assign_fake(x, codebooks, False)
+        return assign_outputs(x, codebooks)
 
     for name, fn in (("pq_assign", assign_fake), ("pq_ema_stats", stats_fake), ("pq_codebook_grad", grad_fake),
                      ("pq_assign_gemm", assign_gemm_fake)):

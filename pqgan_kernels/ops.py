@@ -33,10 +33,29 @@ def _pq_assign_op(x: torch.Tensor, codebooks: torch.Tensor, distance: str,
     return quantized, indices
 
 
+# --- output shapes: the one place each op's output contract is written (also the pqgan_native ops' fakes) --------
+
+def assign_outputs(x: torch.Tensor, codebooks: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Empty outputs of an assignment: quantized (N, S*d) like x, indices (N, S) int64."""
+    return x.new_empty(x.shape), x.new_empty((x.shape[0], codebooks.shape[0]), dtype=torch.int64)
+
+
+def codebook_grad_output(grad_quantized: torch.Tensor, indices: torch.Tensor, num_codes: int) -> torch.Tensor:
+    """Empty (S, K, d) in ``compute_dtype(grad_quantized)``."""
+    S = indices.shape[1]
+    return grad_quantized.new_empty((S, num_codes, grad_quantized.shape[1] // S),
+                                    dtype=reference.compute_dtype(grad_quantized))
+
+
+def ema_stats_outputs(x: torch.Tensor, indices: torch.Tensor, num_codes: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Empty counts (S, K) and sums (S, K, d) in ``compute_dtype(x)``."""
+    sums = codebook_grad_output(x, indices, num_codes)
+    return sums.new_empty(sums.shape[:2]), sums
+
+
 @_pq_assign_op.register_fake
 def _(x, codebooks, distance, backend):
-    S = codebooks.shape[0]
-    return x.new_empty(x.shape), x.new_empty((x.shape[0], S), dtype=torch.int64)
+    return assign_outputs(x, codebooks)
 
 
 def _assign_setup_context(ctx, inputs, output):
@@ -70,9 +89,7 @@ def _pq_codebook_grad_op(grad_quantized: torch.Tensor, indices: torch.Tensor, nu
 
 @_pq_codebook_grad_op.register_fake
 def _(grad_quantized, indices, num_codes, backend):
-    S = indices.shape[1]
-    return grad_quantized.new_empty((S, num_codes, grad_quantized.shape[1] // S),
-                                    dtype=reference.compute_dtype(grad_quantized))
+    return codebook_grad_output(grad_quantized, indices, num_codes)
 
 
 def _codebook_grad_setup_context(ctx, inputs, output):
@@ -101,10 +118,7 @@ def _pq_ema_stats_op(x: torch.Tensor, indices: torch.Tensor, num_codes: int,
 
 @_pq_ema_stats_op.register_fake
 def _(x, indices, num_codes, backend):
-    S = indices.shape[1]
-    dtype = reference.compute_dtype(x)
-    return (x.new_empty((S, num_codes), dtype=dtype),
-            x.new_empty((S, num_codes, x.shape[1] // S), dtype=dtype))
+    return ema_stats_outputs(x, indices, num_codes)
 
 
 @torch.library.custom_op("pqgan::pq_ema_update", mutates_args=("codebooks", "cluster_size", "embed_sum"))
