@@ -4,6 +4,7 @@ import hashlib
 import json
 import os
 import random
+import warnings
 
 import numpy as np
 import pytest
@@ -423,3 +424,91 @@ def test_numpy_and_python_rng_states_restore_exactly():
     assert got_np[2:] == want_np[2:] and random.getstate() == want_py
     assert np.array_equal(np.random.randn(3), a[0]) and random.gauss(0, 1) == a[1] and random.random() == a[2]
     assert state["cuda"] == [] or torch.cuda.is_available()
+
+
+def test_temp_names_live_beside_their_targets(tmp_path, monkeypatch):
+    moves = []
+    real_replace = os.replace
+    monkeypatch.setattr(ckpt.os, "replace", lambda s, d: moves.append((s, d)) or real_replace(s, d))
+    ckpt.atomic_write_bytes(str(tmp_path / "f.bin"), b"x")
+    src, dst = moves[-1]
+    assert os.path.dirname(src) == str(tmp_path) and os.path.basename(src).startswith(".tmp-f.bin-")
+    moves.clear()
+    root = str(tmp_path / "ck")
+    ckpt.save_checkpoint(root, step=1, model=_net(), config={})
+    dir_moves = [(s, d) for s, d in moves if d == os.path.join(root, "step_00000001")]
+    assert len(dir_moves) == 1 and os.path.dirname(dir_moves[0][0]) == root
+    assert os.path.basename(dir_moves[0][0]).startswith(".tmp-step_00000001-")
+
+
+def test_save_tensors_keeps_metadata(tmp_path):
+    from safetensors import safe_open
+    ckpt.save_tensors(str(tmp_path / "m.safetensors"), {"a": torch.ones(1)}, metadata={"k": "v"})
+    with safe_open(str(tmp_path / "m.safetensors"), framework="pt") as f:
+        assert f.metadata() == {"k": "v"}
+
+
+def test_unflatten_tolerates_older_records():
+    t = {"o/state/0/a": torch.ones(1)}
+    back = ckpt.unflatten_optimizer_state("o", t, {"state": {}, "state_keys": ["0"],
+                                                   "param_groups": [{"betas": [0.9, 0.99]}]})
+    assert torch.equal(back["state"][0]["a"], torch.ones(1)) and back["param_groups"] == [{"betas": [0.9, 0.99]}]
+
+
+def test_cleanup_visits_every_entry(tmp_path):
+    root = _root_with(tmp_path, [1])
+    for i in range(4):
+        open(os.path.join(root, f".tmp-x{i}"), "w").write("x")
+    ckpt.save_checkpoint(root, step=2, model=_net(), config={})
+    assert sorted(os.listdir(root)) == ["last.json", "step_00000002"]
+
+
+def test_readers_check_only_the_files_they_need(tmp_path):
+    root = str(tmp_path / "ck")
+    net = _net()
+    ckpt.save_checkpoint(root, step=1, model=net, config={}, optimizers={"g": _stepped_adam(_net())})
+    d = os.path.join(root, "step_00000001")
+    _truncate(os.path.join(d, "optimizer.safetensors"))
+    os.remove(os.path.join(d, "state.json"))
+    # last.json names a checkpoint that lacks state.json and has a damaged optimizer: fine for evaluation
+    assert ckpt.find_checkpoint(root, need=ckpt.EVAL_FILES) == (d, [])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert ckpt.resolve_checkpoint(root) == d and ckpt.has_checkpoint(root)
+    m = _net(5)
+    with pytest.raises(FileNotFoundError, match="state.json: missing"):
+        ckpt.load_checkpoint(root, model=m)                              # state.json is always read
+
+
+def test_load_checkpoint_reads_state_checked_and_model_only_when_asked(tmp_path):
+    root = str(tmp_path / "ck")
+    net = _net()
+    opt = _stepped_adam(net)
+    ckpt.save_checkpoint(root, step=1, model=net, config={}, optimizers={"g": opt})
+    d = os.path.join(root, "step_00000001")
+    _truncate(os.path.join(d, "model.safetensors"))
+    info = ckpt.load_checkpoint(d, optimizers={"g": torch.optim.Adam(_net().parameters())})   # model not read
+    assert info["state"]["step"] == 1
+    state = os.path.join(d, "state.json")
+    text = open(state).read()
+    open(state, "w").write(text.replace('"step": 1', '"step": 7'))        # same size, still valid JSON
+    with pytest.raises(ckpt.CheckpointError, match="state.json: contents changed"):
+        ckpt.load_checkpoint(d, optimizers={"g": torch.optim.Adam(_net().parameters())})
+
+
+def test_has_checkpoint_and_load_pretrained_with_a_fallback_are_quiet(tmp_path):
+    from pqgan import PQGAN
+    from pqgan.config import apply_overrides, load_config
+    cfg = apply_overrides(load_config("tiny_f8_pq"), ["model.resolution=32", "model.ch=16", "model.z_channels=16"])
+    root = str(tmp_path / "checkpoints")
+    model = PQGAN(cfg.model)
+    ckpt.save_checkpoint(root, step=1, model=model, config=cfg.to_dict(), keep=True,
+                         optimizers={"g": torch.optim.Adam(model.parameters())})
+    ckpt.save_checkpoint(root, step=2, model=model, config=cfg.to_dict(), keep=True)
+    _truncate(os.path.join(root, "step_00000002", "config.json"), 2)
+    _truncate(os.path.join(root, "step_00000001", "optimizer.json"), 2)   # not needed for evaluation
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert ckpt.has_checkpoint(root)
+    with pytest.warns(ckpt.CheckpointWarning):
+        assert isinstance(ckpt.load_pretrained(root), PQGAN)              # falls back to step 1, says so
