@@ -127,18 +127,18 @@ static inline typename Vec<T>::V vmin(const typename Vec<T>::V& a, const typenam
 #endif
 }
 
-// Score of one code vector for one row (xr: the row's D broadcast values): sum of squared differences (l2) or the
+// Score of one code vector for one row (xr: the row's d broadcast values): sum of squared differences (l2) or the
 // negated dot product (cosine). Shared by the scan and the re-scan of assign_small_d, so both get the same bits.
-template <typename T, int D, bool COS>
+template <typename T, int kd, bool COS>
 static inline typename Vec<T>::V small_score(const typename Vec<T>::V* c, const typename Vec<T>::V* xr) {
   typename Vec<T>::V acc;
   if (COS) {
     acc = -(c[0] * xr[0]);
-    for (int j = 1; j < D; ++j) acc -= c[j] * xr[j];
+    for (int j = 1; j < kd; ++j) acc -= c[j] * xr[j];
   } else {
     typename Vec<T>::V diff = c[0] - xr[0];
     acc = diff * diff;
-    for (int j = 1; j < D; ++j) {
+    for (int j = 1; j < kd; ++j) {
       diff = c[j] - xr[j];
       acc += diff * diff;
     }
@@ -146,13 +146,13 @@ static inline typename Vec<T>::V small_score(const typename Vec<T>::V* c, const 
   return acc;
 }
 
-// Small d (compile-time D): the D codebook vectors of a code step are loaded once and used by kRows rows.
+// Small d (compile-time kd = d): the d codebook vectors of a code step are loaded once and used by kRows rows.
 // Codes are scanned in blocks of kBlockCodes: per block only a lane-wise min is kept (one op per code vector), and
 // the block's start is recorded where a lane's min improves (strictly: the first block reaching the final min).
 // At the end the row's min v* is known, and the block recorded by each lane holding v* is re-scored for that row
 // to find the lowest code with score v* -- the same answer as a per-code compare, at a fraction of the ops.
 constexpr int kBlockCodes = 32;  // = kernels.h kTileCodes: Kp is a multiple of it
-template <typename T, int D, bool COS>
+template <typename T, int kd, bool COS>
 static void assign_small_d(const T* xs, int64_t rows, const T* cbT, int64_t Kp, int64_t* out) {
   using V = typename Vec<T>::V;
   using I = typename Vec<T>::I;
@@ -163,11 +163,11 @@ static void assign_small_d(const T* xs, int64_t rows, const T* cbT, int64_t Kp, 
   for (int i = 0; i < W; ++i) lane[i] = i;
   const V inf = splat<T>(__builtin_inf());
   for (int64_t r0 = 0; r0 < rows; r0 += R) {
-    V xb[R][D];
+    V xb[R][kd];
     V best[R];
     I bblk[R];
     for (int r = 0; r < R; ++r) {
-      for (int j = 0; j < D; ++j) xb[r][j] = splat<T>(xs[(r0 + r) * D + j]);
+      for (int j = 0; j < kd; ++j) xb[r][j] = splat<T>(xs[(r0 + r) * kd + j]);
       best[r] = inf;
       bblk[r] = lane - lane;
     }
@@ -176,10 +176,10 @@ static void assign_small_d(const T* xs, int64_t rows, const T* cbT, int64_t Kp, 
       V bm[R];
       for (int r = 0; r < R; ++r) bm[r] = inf;
       for (int u = 0; u < NB; ++u) {
-        V c[D];
-        for (int j = 0; j < D; ++j) c[j] = load<T>(cbT + j * Kp + k + u * W);
+        V c[kd];
+        for (int j = 0; j < kd; ++j) c[j] = load<T>(cbT + j * Kp + k + u * W);
         for (int r = 0; r < R; ++r) {
-          const V acc = small_score<T, D, COS>(c, xb[r]);
+          const V acc = small_score<T, kd, COS>(c, xb[r]);
           bm[r] = vmin<T>(acc, bm[r], acc < bm[r]);  // a NaN score (padding code) never enters
         }
       }
@@ -203,9 +203,9 @@ static void assign_small_d(const T* xs, int64_t rows, const T* cbT, int64_t Kp, 
         const int64_t base = static_cast<int64_t>(bblk[r][l]);
         if (fallback < 0 || base + l < fallback) fallback = base + l;
         for (int u = 0; u < NB; ++u) {
-          V c[D];
-          for (int j = 0; j < D; ++j) c[j] = load<T>(cbT + j * Kp + base + u * W);
-          const V acc = small_score<T, D, COS>(c, xb[r]);
+          V c[kd];
+          for (int j = 0; j < kd; ++j) c[j] = load<T>(cbT + j * Kp + base + u * W);
+          const V acc = small_score<T, kd, COS>(c, xb[r]);
           if (acc[l] == vstar) {
             const int64_t code = base + u * W + l;
             if (answer < 0 || code < answer) answer = code;

@@ -36,20 +36,20 @@ template <> __device__ __forceinline__ float inf_() { return __int_as_float(0x7f
 template <> __device__ __forceinline__ double inf_() { return __longlong_as_double(0x7ff0000000000000LL); }
 
 // Rows per thread: enough independent work for small d, few registers for large d.
-template <int D> struct RowsPerThread { static constexpr int value = D == 0 ? 1 : (D <= 4 ? 4 : (D <= 16 ? 2 : 1)); };
+template <int kd> struct RowsPerThread { static constexpr int value = kd == 0 ? 1 : (kd <= 4 ? 4 : (kd <= 16 ? 2 : 1)); };
 
-// x (N, S*d) T, cb (S, K, d) T -> indices (N, S) int64. D = d at compile time, or 0 (run-time d).
-template <typename T, int D>
+// x (N, S*d) T, cb (S, K, d) T -> indices (N, S) int64. kd = d at compile time, or 0 (run-time d).
+template <typename T, int kd>
 __global__ void __launch_bounds__(kThreads)
 assign_kernel(const T* __restrict__ x, const T* __restrict__ cb, int64_t N, int S, int K, int d_rt, int kc,
               bool cosine, int64_t* __restrict__ indices) {
-  constexpr int RPT = RowsPerThread<D>::value;
-  constexpr int XD = D == 0 ? 1 : D;
-  const int d = D == 0 ? d_rt : D;
+  constexpr int RPT = RowsPerThread<kd>::value;
+  constexpr int XD = kd == 0 ? 1 : kd;
+  const int d = kd == 0 ? d_rt : kd;
   extern __shared__ __align__(16) unsigned char smem_raw[];
   T* tile = reinterpret_cast<T*>(smem_raw);
   const int s = blockIdx.y;
-  const int64_t D_total = static_cast<int64_t>(S) * d;
+  const int64_t D = static_cast<int64_t>(S) * d;
   const int64_t row0 = static_cast<int64_t>(blockIdx.x) * (kThreads * RPT) + threadIdx.x;
 
   T xr[RPT][XD];
@@ -59,8 +59,8 @@ assign_kernel(const T* __restrict__ x, const T* __restrict__ cb, int64_t N, int 
 #pragma unroll
   for (int r = 0; r < RPT; ++r) {
     const int64_t n = min(row0 + static_cast<int64_t>(r) * kThreads, N - 1);  // clamp: tail rows are not written
-    xrow[r] = x + n * D_total + static_cast<int64_t>(s) * d;
-    if (D != 0) {
+    xrow[r] = x + n * D + static_cast<int64_t>(s) * d;
+    if (kd != 0) {
 #pragma unroll
       for (int j = 0; j < XD; ++j) xr[r][j] = xrow[r][j];
     }
@@ -79,7 +79,7 @@ assign_kernel(const T* __restrict__ x, const T* __restrict__ cb, int64_t N, int 
 #pragma unroll
         for (int r = 0; r < RPT; ++r) {
           T acc = T(0);
-          if (D != 0) {
+          if (kd != 0) {
 #pragma unroll
             for (int j = 0; j < XD; ++j) acc = fma_<T>(-c[j], xr[r][j], acc);
           } else {
@@ -94,7 +94,7 @@ assign_kernel(const T* __restrict__ x, const T* __restrict__ cb, int64_t N, int 
 #pragma unroll
         for (int r = 0; r < RPT; ++r) {
           T acc = T(0);
-          if (D != 0) {
+          if (kd != 0) {
 #pragma unroll
             for (int j = 0; j < XD; ++j) { const T diff = c[j] - xr[r][j]; acc = fma_<T>(diff, diff, acc); }
           } else {
@@ -126,17 +126,17 @@ __global__ void lookup_kernel(const scalar_t* __restrict__ cbx, const int64_t* _
   }
 }
 
-template <typename T, int D>
+template <typename T, int kd>
 void launch_assign(const at::Tensor& x, const at::Tensor& cb, bool cosine, at::Tensor& indices, cudaStream_t stream) {
   const int64_t N = x.size(0);
   const int S = static_cast<int>(cb.size(0)), K = static_cast<int>(cb.size(1)), d = static_cast<int>(cb.size(2));
-  constexpr int RPT = RowsPerThread<D>::value;
+  constexpr int RPT = RowsPerThread<kd>::value;
   const int kc = static_cast<int>(std::max<int64_t>(1, std::min<int64_t>(K, kSmemBytes / (d * sizeof(T)))));
   const int64_t blocks = (N + kThreads * RPT - 1) / (kThreads * RPT);
   TORCH_CHECK_VALUE(blocks <= std::numeric_limits<int>::max(), "pq_assign (cuda): too many rows (", N, ")");
   const dim3 grid(static_cast<unsigned>(blocks), static_cast<unsigned>(S));
   const size_t smem = static_cast<size_t>(kc) * d * sizeof(T);
-  assign_kernel<T, D><<<grid, kThreads, smem, stream>>>(x.data_ptr<T>(), cb.data_ptr<T>(), N, S, K, d, kc, cosine,
+  assign_kernel<T, kd><<<grid, kThreads, smem, stream>>>(x.data_ptr<T>(), cb.data_ptr<T>(), N, S, K, d, kc, cosine,
                                                         indices.data_ptr<int64_t>());
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
