@@ -38,11 +38,22 @@ template <> __device__ __forceinline__ double inf_() { return __longlong_as_doub
 // Rows per thread: enough independent work for small d, few registers for large d.
 template <int kd> struct RowsPerThread { static constexpr int value = kd == 0 ? 1 : (kd <= 4 ? 4 : (kd <= 16 ? 2 : 1)); };
 
+// One term of a code's score: l2 adds (c - x)^2; cosine (pre-normalised codewords) adds -c*x.
+template <typename T, bool COS>
+__device__ __forceinline__ T score_step(T c, T x, T acc) {
+  if constexpr (COS) {
+    return fma_<T>(-c, x, acc);
+  } else {
+    const T diff = c - x;
+    return fma_<T>(diff, diff, acc);
+  }
+}
+
 // x (N, S*d) T, cb (S, K, d) T -> indices (N, S) int64. kd = d at compile time, or 0 (run-time d).
-template <typename T, int kd>
+template <typename T, int kd, bool COS>
 __global__ void __launch_bounds__(kThreads)
 assign_kernel(const T* __restrict__ x, const T* __restrict__ cb, int64_t N, int S, int K, int d_rt, int kc,
-              bool cosine, int64_t* __restrict__ indices) {
+              int64_t* __restrict__ indices) {
   constexpr int RPT = RowsPerThread<kd>::value;
   constexpr int XD = kd == 0 ? 1 : kd;
   const int d = kd == 0 ? d_rt : kd;
@@ -73,35 +84,18 @@ assign_kernel(const T* __restrict__ x, const T* __restrict__ cb, int64_t N, int 
     __syncthreads();
     for (int i = threadIdx.x; i < n_codes * d; i += kThreads) tile[i] = cbs[static_cast<int64_t>(k0) * d + i];
     __syncthreads();
-    if (cosine) {
-      for (int k = 0; k < n_codes; ++k) {
-        const T* c = tile + k * d;
+    for (int k = 0; k < n_codes; ++k) {
+      const T* c = tile + k * d;
 #pragma unroll
-        for (int r = 0; r < RPT; ++r) {
-          T acc = T(0);
-          if (kd != 0) {
+      for (int r = 0; r < RPT; ++r) {
+        T acc = T(0);
+        if (kd != 0) {
 #pragma unroll
-            for (int j = 0; j < XD; ++j) acc = fma_<T>(-c[j], xr[r][j], acc);
-          } else {
-            for (int j = 0; j < d; ++j) acc = fma_<T>(-c[j], xrow[r][j], acc);
-          }
-          if (acc < best[r]) { best[r] = acc; bidx[r] = k0 + k; }
+          for (int j = 0; j < XD; ++j) acc = score_step<T, COS>(c[j], xr[r][j], acc);
+        } else {
+          for (int j = 0; j < d; ++j) acc = score_step<T, COS>(c[j], xrow[r][j], acc);
         }
-      }
-    } else {
-      for (int k = 0; k < n_codes; ++k) {
-        const T* c = tile + k * d;
-#pragma unroll
-        for (int r = 0; r < RPT; ++r) {
-          T acc = T(0);
-          if (kd != 0) {
-#pragma unroll
-            for (int j = 0; j < XD; ++j) { const T diff = c[j] - xr[r][j]; acc = fma_<T>(diff, diff, acc); }
-          } else {
-            for (int j = 0; j < d; ++j) { const T diff = c[j] - xrow[r][j]; acc = fma_<T>(diff, diff, acc); }
-          }
-          if (acc < best[r]) { best[r] = acc; bidx[r] = k0 + k; }
-        }
+        if (acc < best[r]) { best[r] = acc; bidx[r] = k0 + k; }
       }
     }
   }
@@ -136,8 +130,9 @@ void launch_assign(const at::Tensor& x, const at::Tensor& cb, bool cosine, at::T
   TORCH_CHECK_VALUE(blocks <= std::numeric_limits<int>::max(), "pq_assign (cuda): too many rows (", N, ")");
   const dim3 grid(static_cast<unsigned>(blocks), static_cast<unsigned>(S));
   const size_t smem = static_cast<size_t>(kc) * d * sizeof(T);
-  assign_kernel<T, kd><<<grid, kThreads, smem, stream>>>(x.data_ptr<T>(), cb.data_ptr<T>(), N, S, K, d, kc, cosine,
-                                                        indices.data_ptr<int64_t>());
+  auto kernel = cosine ? assign_kernel<T, kd, true> : assign_kernel<T, kd, false>;
+  kernel<<<grid, kThreads, smem, stream>>>(x.data_ptr<T>(), cb.data_ptr<T>(), N, S, K, d, kc,
+                                           indices.data_ptr<int64_t>());
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
 
