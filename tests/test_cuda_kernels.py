@@ -67,8 +67,9 @@ def test_ema_stats_and_codebook_grad(dtype, index_dtype, N, S, d, K):
 def test_product_quantizer_training_step():
     from pqgan import ProductQuantizer
     torch.manual_seed(0)
-    pq = ProductQuantizer(16, 8, 12, ema_decay=0.9, backend="cuda").cuda()
-    ref = ProductQuantizer(16, 8, 12, ema_decay=0.9, backend="reference").cuda()
+    # eps = 0.1: far above the tolerance, so an update that ignored the smoothing would fail
+    pq = ProductQuantizer(16, 8, 12, ema_decay=0.9, eps=0.1, backend="cuda").cuda()
+    ref = ProductQuantizer(16, 8, 12, ema_decay=0.9, eps=0.1, backend="reference").cuda()
     ref.load_state_dict(pq.state_dict())
     z = torch.randn(2, 16, 5, 3, device="cuda")
     out, out_ref = pq.train()(z), ref.train()(z)
