@@ -242,8 +242,10 @@ class ProductQuantizer(nn.Module):
         counts = self._batch_counts(indices)
         if self.training:
             self._update_codebooks(rows.detach(), indices, counts)
+        stats = self._stats(counts)  # before re-seeding: the dead codes this step found, not the ones left after it
+        if self.training and self.dead_code_threshold > 0:
+            self._reseed_dead_codes(rows.detach())
         out = _StraightThrough.apply(rows, quantized)
-        stats = self._stats(counts)
         return QuantizerOutput(self._from_rows(out, z.shape), indices.reshape(self._index_shape(z.shape)), loss,
                                stats)
 
@@ -260,7 +262,7 @@ class ProductQuantizer(nn.Module):
 
     @torch.no_grad()
     def _update_codebooks(self, rows: torch.Tensor, indices: torch.Tensor, counts: torch.Tensor) -> None:
-        """EMA codebook step (EMA mode) or usage tracking (gradient mode), then dead-code re-seeding."""
+        """EMA codebook step (EMA mode) or usage tracking (gradient mode); re-seeding follows in ``forward``."""
         decay = self.usage_decay
         self.usage_steps.add_(1)
         if self.use_ema and not _distributed():
@@ -277,8 +279,6 @@ class ProductQuantizer(nn.Module):
                 counts = counts.clone()
                 dist.all_reduce(counts)
             self.cluster_size.mul_(decay).add_(counts, alpha=1.0 - decay)
-        if self.dead_code_threshold > 0:
-            self._reseed_dead_codes(rows)
 
     @torch.no_grad()
     def _reseed_dead_codes(self, rows: torch.Tensor) -> None:

@@ -532,3 +532,13 @@ def test_stats_of_a_single_row_and_the_threshold_boundary():
     torch.testing.assert_close(stats.perplexity, torch.ones(2))          # one row: one code per subspace
     torch.testing.assert_close(stats.usage, torch.full((2,), 0.25))
     torch.testing.assert_close(stats.dead_codes, torch.tensor([1.0, 1.0]))   # strictly below the threshold
+
+
+def test_dead_code_stat_counts_the_codes_found_dead_before_reseeding():
+    """With restarts on, the logged dead count is what this step found (re-seeding revives them afterwards)."""
+    torch.manual_seed(0)
+    pq = ProductQuantizer(4, 2, 16, ema_decay=0.9, dead_code_threshold=0.5, codebook_init="normal")
+    z = torch.zeros(8, 4).add_(torch.arange(4.0))[:, :, None]  # every row the same: one code per subspace used
+    stats = pq.train()(z).stats
+    assert stats.dead_codes.tolist() == [15.0, 15.0]
+    assert bool((pq.running_usage() >= 0.5).all())  # ... and all of them were re-seeded
