@@ -22,6 +22,7 @@ import torch
 import torch.nn.functional as F
 
 from . import ema_apply
+from .validate import check_distance
 
 DISTANCES = ("l2", "cosine")
 
@@ -46,7 +47,6 @@ def pq_assign(x: torch.Tensor, codebooks: torch.Tensor, distance: str = "l2") ->
 
     x (N, S*d), codebooks (S, K, d) -> (quantized (N, S*d) in x.dtype, indices (N, S) int64).
     """
-    from .validate import check_distance
     check_distance(distance)
     N = x.shape[0]
     S, K, d = codebooks.shape

@@ -33,6 +33,7 @@ import triton
 import triton.language as tl
 
 from . import validate
+from .bound import bound_coefficient
 
 INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
 SMALL_D_MAX = 8           # d <= this: CUDA-core kernel; above: tl.dot kernel
@@ -235,12 +236,14 @@ def _assign_dot_kernel(x_ptr, cb_ptr, cbc_ptr, centre_ptr, cn_ptr, rc_ptr, q_ptr
     cols = tl.arange(0, BK)
     dj = tl.arange(0, BD)
 
-    x2 = tl.zeros((BM,), tl.float32)  # |x'|^2
-    for dc in range(NUM_DC):
-        xt = _load_centred(x_row, centre_s, rmask, dc * BD + dj, d)
-        x2 += tl.sum(xt * xt, axis=1)
-    if NUM_DC == 1:
+    if NUM_DC == 1:  # the x tile is loaded once and kept for the whole K loop
         xt = _load_centred(x_row, centre_s, rmask, dj, d)
+        x2 = tl.sum(xt * xt, axis=1)  # |x'|^2
+    else:
+        x2 = tl.zeros((BM,), tl.float32)
+        for dc in range(NUM_DC):
+            xc = _load_centred(x_row, centre_s, rmask, dc * BD + dj, d)
+            x2 += tl.sum(xc * xc, axis=1)
 
     # Per (row, slot): the smallest approximate score (index: the earliest code reaching it) and the runner-up.
     run = tl.full((BM, BK), float("inf"), tl.float32)
@@ -380,8 +383,13 @@ def _prepare_codebooks(codebooks: torch.Tensor, cosine: bool):
     return cbc, centre.contiguous(), cn.contiguous(), cn.amax(-1).sqrt().contiguous()
 
 
+def launch_device(device: torch.device):
+    """Context for a launch on ``device``: the tensors' GPU (not necessarily the current one), nothing on the CPU."""
+    return torch.cuda.device(device) if device.type == "cuda" else contextlib.nullcontext()
+
+
 def _run(kernel, tuned, grid_rows, S, args, meta, **extra):
-    """Launch on the inputs' device: one fixed config under the interpreter or with autotuning off."""
+    """Launch over (row blocks, S): one fixed config under the interpreter or with autotuning off, else autotuned."""
     if INTERPRET or not AUTOTUNE:
         kernel[(triton.cdiv(grid_rows, _FIXED_META["BM"]), S)](*args, **meta, **_FIXED_META, **extra)
     else:
@@ -389,7 +397,6 @@ def _run(kernel, tuned, grid_rows, S, args, meta, **extra):
 
 
 def _launch(x, codebooks, distance, mode, precision, want_approx):
-    from .bound import bound_coefficient
     validate.check_distance(distance)
     reason = unsupported(x, codebooks, distance)
     if reason:
@@ -402,8 +409,7 @@ def _launch(x, codebooks, distance, mode, precision, want_approx):
     indices = torch.empty((N, S), dtype=torch.int64, device=x.device)
     approx = torch.empty((N, S), dtype=torch.int64, device=x.device) if want_approx else indices
     cosine = distance == "cosine"
-    guard = torch.cuda.device(x.device) if x.device.type == "cuda" else contextlib.nullcontext()
-    with guard:
+    with launch_device(x.device):
         if d <= SMALL_D_MAX and not want_approx:
             args = (x, codebooks, quantized, indices, N, K, x.stride(0), quantized.stride(0), _bucket(N))
             extra = {} if INTERPRET else {"enable_fp_fusion": False}

@@ -11,13 +11,12 @@ The apply step (``ema_apply.pq_ema_apply_`` semantics) is one kernel, one progra
 """
 from __future__ import annotations
 
-import contextlib
-
 import torch
 import triton
 import triton.language as tl
 
 from . import ema_apply, validate
+from .triton_assign import launch_device
 
 MAX_BD = 128
 
@@ -89,11 +88,6 @@ def _ema_apply_kernel(cb_ptr, cs_ptr, es_ptr, counts_ptr, sums_ptr, K, decay, on
             tl.store(cb_ptr + off, cb.to(cb_ptr.dtype.element_ty), mask=m2)
 
 
-def _on(device: torch.device):
-    """Launch under the tensors' device (a GPU other than the current one), or nothing on the CPU."""
-    return torch.cuda.device(device) if device.type == "cuda" else contextlib.nullcontext()
-
-
 def _check(t: torch.Tensor, name: str) -> None:
     reason = validate.fp32_only_reason("triton", **{name: t})
     if reason:
@@ -111,7 +105,7 @@ def _scatter(values: torch.Tensor, indices: torch.Tensor, num_codes: int, with_c
     bm = max(16, min(128, 4096 // bd))
     if S > 65535:
         raise ValueError(f"backend 'triton' supports at most 65535 subspaces, got S={S}")
-    with _on(values.device):
+    with launch_device(values.device):
         _scatter_kernel[(triton.cdiv(N, bm), S)](values, indices, sums, counts, N, num_codes, values.stride(0),
                                                 d=d, BD=bd, WITH_COUNTS=with_counts, BM=bm, num_warps=4)
     return counts, sums
@@ -139,6 +133,6 @@ def ema_update(x, indices, codebooks, cluster_size, embed_sum, decay: float, eps
     S, K, d = codebooks.shape
     bd = min(MAX_BD, triton.next_power_of_2(d))
     bk = max(16, min(1024, 4096 // bd))
-    with _on(codebooks.device):
+    with launch_device(codebooks.device):
         _ema_apply_kernel[(S,)](codebooks, cluster_size, embed_sum, counts, sums, K, float(decay),
                                 1.0 - float(decay), float(eps), K * float(eps), d=d, BD=bd, BK=bk, num_warps=4)
