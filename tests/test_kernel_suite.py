@@ -105,29 +105,37 @@ SHAPES = [(37, 3, 1, 5), (45, 2, 2, 130), (33, 5, 3, 17), (29, 2, 4, 64), (31, 1
 
 # --- the judge -----------------------------------------------------------------------------------------------
 
+def oracle_rows(x, codebooks, distance="l2"):
+    """fp64 judge of a row set: dist (N, S, K), the oracle's index (N, S), best distance, tolerance, clear rows.
+
+    A row is clear when its best/second-best gap exceeds the tolerance (see the module docstring)."""
+    N = x.shape[0]
+    S, K, d = codebooks.shape
+    xs, cbc = x.cpu().double().reshape(N, S, 1, d), codebooks.cpu().double()
+    if distance == "l2":
+        dist = (xs - cbc[None]).square().sum(-1)
+    else:
+        dist = 1 - (torch.nn.functional.normalize(xs, dim=-1) * torch.nn.functional.normalize(cbc, dim=-1)[None]).sum(-1)
+    two = dist.topk(min(2, K), dim=-1, largest=False).values
+    best, second = two[..., 0], two[..., -1]
+    tol = (2 * d + 6) * U32 * second if distance == "l2" else torch.full_like(best, (4 * d + 16) * U32)
+    return dist, dist.argmin(-1), best, tol, (second - best) > tol
+
+
 def check_assignment(x, codebooks, quantized, indices, distance, family):
     N = x.shape[0]
     S, K, d = codebooks.shape
     assert indices.dtype == torch.int64 and tuple(indices.shape) == (N, S)
     assert quantized.dtype == x.dtype and tuple(quantized.shape) == tuple(x.shape)
-    idx, xc, cbc = indices.cpu(), x.cpu().double(), codebooks.cpu().double()
+    idx = indices.cpu()
     assert int(idx.min()) >= 0 and int(idx.max()) < K, "index out of range"
     assert torch.equal(quantized.cpu(), reference.pq_lookup(codebooks.cpu(), idx).to(x.dtype)), \
         "quantized is not the lookup of the returned indices"
-    xs = xc.reshape(N, S, 1, d)
-    if distance == "l2":
-        dist = (xs - cbc[None]).square().sum(-1)  # (N, S, K)
-    else:
-        dist = 1 - (torch.nn.functional.normalize(xs, dim=-1) * torch.nn.functional.normalize(cbc, dim=-1)[None]).sum(-1)
-    best_idx = dist.argmin(-1)
+    dist, best_idx, best, tol, clear = oracle_rows(x, codebooks, distance)
     if family == "integer_ties" and distance == "l2":
         assert torch.equal(idx, best_idx), f"{int((idx != best_idx).sum())} indices differ on exact inputs"
         return
-    two = dist.topk(min(2, K), dim=-1, largest=False).values
-    best, second = two[..., 0], two[..., -1]
-    tol = (2 * d + 6) * U32 * second if distance == "l2" else torch.full_like(best, (4 * d + 16) * U32)
     chosen = dist.gather(-1, idx.unsqueeze(-1)).squeeze(-1)
-    clear = (second - best) > tol
     wrong = clear & (idx != best_idx)
     assert not bool(wrong.any()), (f"{int(wrong.sum())} of {int(clear.sum())} clear rows differ from the oracle, "
                                    f"e.g. row/subspace {wrong.nonzero()[0].tolist()}")
