@@ -335,7 +335,8 @@ def read_json(path: str) -> Any:
         raise CheckpointError(f"{path}: not valid JSON, truncated or corrupted ({e})") from None
 
 
-def _sha256_of(path: str) -> str:
+def sha256_of_file(path: str) -> str:
+    """Hex SHA-256 of a file's bytes, read in 4 MiB blocks."""
     h = hashlib.sha256()
     with open(path, "rb") as f:
         for block in iter(lambda: f.read(1 << 22), b""):
@@ -388,7 +389,7 @@ def checkpoint_problem(ckpt_dir: str, need: Optional[Iterable[str]] = None) -> O
             size = os.path.getsize(path)
             if size != entry["bytes"]:
                 return f"{path}: {size} bytes, but {entry['bytes']} were written (truncated or overwritten)"
-            if _sha256_of(path) != entry["sha256"]:
+            if sha256_of_file(path) != entry["sha256"]:
                 return f"{path}: contents changed since it was written (SHA-256 mismatch: corrupted)"
         except OSError as e:
             return f"{path}: cannot be read ({e.strerror or e})"

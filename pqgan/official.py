@@ -23,7 +23,6 @@ naming the first offending key. Their networks see ImageNet mean/std-normalised 
 from __future__ import annotations
 
 import argparse
-import hashlib
 import os
 import re
 import sys
@@ -213,14 +212,6 @@ def load_official(path: Union[str, os.PathLike], config: Any = None, map_locatio
     return _load(path, config)[0].to(map_location)
 
 
-def _sha256(path: Union[str, os.PathLike]) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def convert(path: Union[str, os.PathLike], out: Union[str, os.PathLike], config: Any = None) -> str:
     """Write the official weights at ``path`` as one of our checkpoint directories ``out`` (model.safetensors,
     config.json, state.json), loadable by ``pqgan.load_pretrained(out)`` and ``pqgan-eval out``. Refuses to
@@ -233,7 +224,7 @@ def convert(path: Union[str, os.PathLike], out: Union[str, os.PathLike], config:
     ckpt.save_tensors(os.path.join(out, ckpt.MODEL_FILE), model.state_dict())
     ckpt.atomic_write_json(os.path.join(out, ckpt.CONFIG_FILE), cfg.to_dict())
     ckpt.atomic_write_json(os.path.join(out, ckpt.STATE_FILE), {
-        "step": 0, "rng": [], "imported_from": os.path.abspath(path), "imported_sha256": _sha256(path)})
+        "step": 0, "rng": [], "imported_from": os.path.abspath(path), "imported_sha256": ckpt.sha256_of_file(path)})
     return out
 
 
