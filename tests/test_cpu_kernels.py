@@ -229,3 +229,61 @@ for (N, S, d, K) in [(67, 7, 2, 513), (30, 2, 3, 5), (33, 2, 16, 40), (21, 1, 1,
     env["PYTHONPATH"] = os.pathsep.join([os.path.dirname(__file__), env.get("PYTHONPATH", "")])
     result = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
+
+
+# The expanded-formula scan (l2, fp32, d <= 4; the AVX2 / AVX-512 copies): every way it decides a row. Codes
+# k and k + 16 share a block and a vector lane (blocks of 64 codes, 8 or 16 lanes); k and k + 64 do not.
+def _expanded_case(case: str, d: int):
+    g = torch.Generator().manual_seed(100 + d)
+    N, S, K = 131, 3, 200  # K not a multiple of the 64-code block: padding codes
+    cb = torch.randn(S, K, d, generator=g)
+    x = torch.randn(N, S * d, generator=g)
+    if case == "offset":  # centre >> spread: the expanded formula alone would cancel catastrophically
+        cb, x = 1000 + 0.01 * cb, 1000 + 0.01 * x
+    elif case in ("same-block-duplicates", "cross-block-duplicates"):
+        shift = 16 if case == "same-block-duplicates" else 64
+        cb[:, shift:shift + 16] = cb[:, :16]  # exact duplicates: every formula ties them, the lower index wins
+        pick = torch.randint(0, 16, (N, S), generator=g)
+        x = (cb[torch.arange(S), pick] + 1e-3 * torch.randn(N, S, d, generator=g)).reshape(N, S * d)
+    elif case == "near-ties-across-blocks":  # codes j and j + 64 (one lane, two blocks) within rounding of the
+        # expanded formula (one far code pulls the centre away, so centred scores are large) but not of the direct
+        # one: only a re-check of both blocks finds the true nearest when the later one wins
+        cb = 0.01 * torch.randn(S, K, d, generator=g)
+        cb[:, 64:128] = cb[:, :64] + 1e-6 * torch.randn(S, 64, d, generator=g)
+        cb[:, K - 1] = 1e4
+        pick = torch.randint(0, 64, (N, S), generator=g)
+        x = (cb[torch.arange(S), pick] + 1e-5 * torch.randn(N, S, d, generator=g)).reshape(N, S * d)
+    elif case == "midpoints":  # rows exactly between two codes (integer data: exact distances)
+        cb = torch.randint(-8, 9, (S, K, d), generator=g).float()
+        a, b = torch.randint(0, K, (2, N, S), generator=g)
+        x = ((cb[torch.arange(S), a] + cb[torch.arange(S), b]) / 2).reshape(N, S * d)
+    return x, cb
+
+
+@pytest.mark.parametrize("d", [1, 2, 3, 4])
+@pytest.mark.parametrize("case", ["offset", "same-block-duplicates", "cross-block-duplicates",
+                                  "near-ties-across-blocks", "midpoints"])
+def test_assign_expanded_scan_cases(case, d):
+    x, cb = _expanded_case(case, d)
+    q, idx = pqgan_kernels.pq_assign(x, cb, backend="cpu")
+    assert_assignment(x, cb, q, idx, integer=case == "midpoints")
+    if "duplicates" in case:
+        shift = 16 if case == "same-block-duplicates" else 64
+        assert not bool(((idx >= shift) & (idx < shift + 16)).any())  # never the higher copy of a pair
+
+
+def test_assign_expanded_scan_non_finite_rows():
+    """With value checks off, rows holding inf/NaN get what the direct-formula scan gives them; others the oracle's."""
+    x, cb = _expanded_case("offset", 2)
+    x[3, 0], x[5, 2], x[8, 1] = float("nan"), float("inf"), float("-inf")
+    pqgan_kernels.set_value_checks(False)
+    try:
+        _, idx = pqgan_kernels.pq_assign(x, cb, backend="cpu")
+        with torch_threads(1):
+            _, direct = pqgan_kernels.pq_assign(x.double(), cb.double(), backend="cpu")  # fp64: the direct scan
+    finally:
+        pqgan_kernels.set_value_checks(True)
+    bad = ~torch.isfinite(x.view(x.shape[0], -1, 2)).all(-1)  # (N, S) subspaces holding a non-finite value
+    assert torch.equal(idx[bad], direct[bad])
+    good = ~bad.any(1)
+    assert_assignment(x[good], cb, reference.pq_lookup(cb, idx[good]), idx[good])

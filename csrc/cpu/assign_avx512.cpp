@@ -10,6 +10,7 @@
 #pragma GCC optimize("fp-contract=fast")
 #define PQ_KERNEL_NS avx512
 #define PQ_VEC_BYTES 64
+#define PQ_KERNEL_AVX512 1
 #include "cpu/assign_kernel.h"
 #pragma GCC pop_options
 

@@ -107,7 +107,7 @@ static inline int64_t reduce_lanes(const typename Vec<T>::V& best, const typenam
   return k[0];
 }
 
-// min(a, b) lane-wise where a < b, else b (so a NaN a never replaces b): vminps/vminpd on AVX2.
+// min(a, b) lane-wise where a < b, else b (so a NaN a never replaces b): vminps/vminpd on AVX2 and AVX-512.
 #ifdef PQ_KERNEL_AVX2
 static inline Vec<float>::V vmin_isa(const Vec<float>::V& a, const Vec<float>::V& b) {
   return __builtin_ia32_minps256(a, b);
@@ -115,11 +115,33 @@ static inline Vec<float>::V vmin_isa(const Vec<float>::V& a, const Vec<float>::V
 static inline Vec<double>::V vmin_isa(const Vec<double>::V& a, const Vec<double>::V& b) {
   return __builtin_ia32_minpd256(a, b);
 }
+#define PQ_HAVE_VMIN_ISA 1
+#elif defined(PQ_KERNEL_AVX512)
+static inline Vec<float>::V vmin_isa(const Vec<float>::V& a, const Vec<float>::V& b) {
+  return __builtin_ia32_minps512_mask(a, b, a, static_cast<unsigned short>(0xFFFF), 4);  // 4: current rounding
+}
+static inline Vec<double>::V vmin_isa(const Vec<double>::V& a, const Vec<double>::V& b) {
+  return __builtin_ia32_minpd512_mask(a, b, a, static_cast<unsigned char>(0xFF), 4);
+}
+#define PQ_HAVE_VMIN_ISA 1
 #endif
+// Bit l set where a[l] <= t[l] (false for NaN): one compare + mask move on AVX2 / AVX-512.
+static inline uint32_t lanes_le(const Vec<float>::V& a, const Vec<float>::V& t) {
+#if defined(PQ_HAVE_VMIN_ISA) && PQ_VEC_BYTES == 64
+  return __builtin_ia32_cmpps512_mask(a, t, 2 /* _CMP_LE_OS */, static_cast<unsigned short>(0xFFFF), 4);
+#elif defined(PQ_HAVE_VMIN_ISA)
+  return static_cast<uint32_t>(__builtin_ia32_movmskps256(__builtin_ia32_cmpps256(a, t, 2 /* _CMP_LE_OS */)));
+#else
+  uint32_t bits = 0;
+  for (int l = 0; l < Vec<float>::W; ++l) bits |= static_cast<uint32_t>(a[l] <= t[l]) << l;
+  return bits;
+#endif
+}
+
 template <typename T>
 static inline typename Vec<T>::V vmin(const typename Vec<T>::V& a, const typename Vec<T>::V& b,
                                       const typename Vec<T>::I& a_lt_b) {
-#ifdef PQ_KERNEL_AVX2
+#ifdef PQ_HAVE_VMIN_ISA
   (void)a_lt_b;
   return vmin_isa(a, b);
 #else
@@ -219,6 +241,155 @@ static void assign_small_d(const T* xs, int64_t rows, const T* cbT, int64_t Kp, 
   }
 }
 
+// The oracle's direct formula sum_j (x_j - c_kj)^2 for one row and code (cbT (kd, Kp) transposed).
+template <int kd>
+static inline float direct_l2_small(const float* x, const float* cbT, int64_t Kp, int64_t code) {
+  float e = 0.f;
+  for (int j = 0; j < kd; ++j) {
+    const float diff = x[j] - cbT[j * Kp + code];
+    e += diff * diff;
+  }
+  return e;
+}
+
+// Smallest lane of v (a shuffle-and-min tree with constant lane masks).
+static inline float hmin(Vec<float>::V v) {
+  typedef Vec<float>::I I;
+#if PQ_VEC_BYTES == 64
+  v = __builtin_ia32_minps512_mask(v, __builtin_shuffle(v, I{8, 9, 10, 11, 12, 13, 14, 15, 0, 1, 2, 3, 4, 5, 6, 7}),
+                                   v, static_cast<unsigned short>(0xFFFF), 4);
+  v = __builtin_ia32_minps512_mask(v, __builtin_shuffle(v, I{4, 5, 6, 7, 0, 1, 2, 3, 12, 13, 14, 15, 8, 9, 10, 11}),
+                                   v, static_cast<unsigned short>(0xFFFF), 4);
+  v = __builtin_ia32_minps512_mask(v, __builtin_shuffle(v, I{2, 3, 0, 1, 6, 7, 4, 5, 10, 11, 8, 9, 14, 15, 12, 13}),
+                                   v, static_cast<unsigned short>(0xFFFF), 4);
+  v = __builtin_ia32_minps512_mask(v, __builtin_shuffle(v, I{1, 0, 3, 2, 5, 4, 7, 6, 9, 8, 11, 10, 13, 12, 15, 14}),
+                                   v, static_cast<unsigned short>(0xFFFF), 4);
+#else
+  Vec<float>::V t = __builtin_shuffle(v, I{4, 5, 6, 7, 0, 1, 2, 3});
+  v = t < v ? t : v;
+  t = __builtin_shuffle(v, I{2, 3, 0, 1, 6, 7, 4, 5});
+  v = t < v ? t : v;
+  t = __builtin_shuffle(v, I{1, 0, 3, 2, 5, 4, 7, 6});
+  v = t < v ? t : v;
+#endif
+  return v[0];
+}
+
+// Small d, l2, float: the expanded formula on centred data, then the exact re-check of pqgan_kernels/bound.py.
+// With x' = fl(x - m) and ce = [|c'_k|^2 ; -2 c'_k] for c'_k = fl(c_k - m) (m: the codebook mean), the scan scores
+// a_k = |c'_k|^2 - 2 x'.c'_k: d FMAs and one min per code and row (the direct formula costs 2d + 1 ops). Codes are
+// scanned in blocks of kExpBlock; per vector lane the kernel keeps the smallest block minimum (best), the block
+// holding it and the second smallest block minimum. With t = min(best) + B (B = coefficient (|x'| + Rc)^2 from
+// bound.py), every code with a_k <= t -- a set that holds the direct formula's winner -- lies in the best block of
+// a lane whose best is <= t, unless some lane's second is <= t too. So when no lane's second is <= t, the kernel
+// re-scores the few lane-best blocks within t (same code path, same bits) and, if exactly one code is <= t, that
+// code is the answer; several candidates are decided by the oracle's direct formula on the uncentred inputs
+// (smallest wins, ties -> lowest index). Any other row (near-ties across blocks: duplicated codewords, quantised
+// data; no finite score; a bound that overflowed) gets out = -1 for the caller to decide with the direct kernel.
+//   xs (rows, kd) uncentred, rows a multiple of kRows; cbT (kd, Kp) uncentred, NaN padding (for the re-check);
+//   ce (kd + 1, Kpe): row 0 |c'_k|^2 (NaN padding), rows 1..kd -2 c'_k (0 padding), Kpe a multiple of kExpBlock;
+//   m (kd) the centre; rc = max_k |c'_k|; coefficient = bound.py's bound_coefficient(d) for fp32.
+constexpr int kExpBlock = 64;  // codes per block (a multiple of every copy's W)
+template <int kd>
+static inline Vec<float>::V expanded_score(const Vec<float>::V* c, const Vec<float>::V* xb) {
+  Vec<float>::V acc = c[0];
+  for (int j = 0; j < kd; ++j) acc += xb[j] * c[j + 1];
+  return acc;
+}
+template <int kd>
+static void assign_small_d_expanded(const float* xs, int64_t rows, const float* cbT, int64_t Kp, const float* ce,
+                                    int64_t Kpe, const float* m, float rc, float coefficient, int64_t* out) {
+  using V = typename Vec<float>::V;
+  using I = typename Vec<float>::I;
+  constexpr int W = Vec<float>::W;
+  constexpr int R = kRows;
+  constexpr int NB = kExpBlock / W;
+  const V inf = splat<float>(__builtin_inff());
+  for (int64_t r0 = 0; r0 < rows; r0 += R) {
+    V xb[R][kd];
+    V best[R], second[R];
+    I blk[R];
+    float bound[R];
+    for (int r = 0; r < R; ++r) {
+      float norm2 = 0.f;
+      for (int j = 0; j < kd; ++j) {
+        const float xc = xs[(r0 + r) * kd + j] - m[j];
+        xb[r][j] = splat<float>(xc);
+        norm2 += xc * xc;
+      }
+      const float span = __builtin_sqrtf(norm2) + rc;
+      bound[r] = coefficient * span * span;
+      best[r] = inf;
+      second[r] = inf;
+      blk[r] = I{} ;
+    }
+    I bvec = I{};
+    for (int64_t k = 0; k < Kpe; k += kExpBlock) {
+      V bm[R];
+      for (int r = 0; r < R; ++r) bm[r] = inf;
+      for (int u = 0; u < NB; ++u) {
+        V c[kd + 1];
+        for (int j = 0; j <= kd; ++j) c[j] = load<float>(ce + j * Kpe + k + u * W);
+        for (int r = 0; r < R; ++r) {
+          const V acc = expanded_score<kd>(c, xb[r]);
+          bm[r] = vmin<float>(acc, bm[r], acc < bm[r]);  // a NaN score (padding code) never enters
+        }
+      }
+      for (int r = 0; r < R; ++r) {
+        const I lt = bm[r] < best[r];
+        const V hi = lt ? best[r] : bm[r];  // max(best, bm): the one that is not the new best
+        second[r] = vmin<float>(hi, second[r], hi < second[r]);
+        best[r] = vmin<float>(bm[r], best[r], lt);
+        blk[r] = lt ? bvec : blk[r];
+      }
+      bvec += kExpBlock;
+    }
+    for (int r = 0; r < R; ++r) {
+      const float threshold = hmin(best[r]) + bound[r];
+      int64_t answer = -1;
+      const V tv = splat<float>(threshold);
+      uint32_t hits = lanes_le(best[r], tv);
+      // false for NaN / inf (no finite score, or a bound that overflowed) and for near-ties across blocks
+      if (threshold < __builtin_inff() && lanes_le(second[r], tv) == 0) {
+        const float* xr = xs + (r0 + r) * kd;
+        float best_e = __builtin_inff();
+        bool single = true;  // so far at most one candidate, in `answer`
+        while (hits != 0) {
+          const int64_t base = static_cast<int64_t>(blk[r][__builtin_ctz(hits)]);
+          uint32_t same = 0;  // the hit lanes whose best block is this one: re-scored together
+          for (uint32_t h = hits; h != 0; h &= h - 1) {
+            const int l = __builtin_ctz(h);
+            same |= static_cast<uint32_t>(blk[r][l] == base) << l;
+          }
+          hits &= ~same;
+          uint64_t in = 0;  // bit u * W + l: code base + u * W + l is a candidate (a <= t)
+          for (int u = 0; u < NB; ++u) {
+            V c[kd + 1];
+            for (int j = 0; j <= kd; ++j) c[j] = load<float>(ce + j * Kpe + base + u * W);
+            in |= static_cast<uint64_t>(lanes_le(expanded_score<kd>(c, xb[r]), tv) & same) << (u * W);
+          }
+          if (single && answer < 0 && (in & (in - 1)) == 0 && in != 0) {  // the usual case: one candidate
+            answer = base + __builtin_ctzll(in);
+            continue;
+          }
+          if (single && answer >= 0) best_e = direct_l2_small<kd>(xr, cbT, Kp, answer);
+          single = false;
+          for (; in != 0; in &= in - 1) {  // several: the oracle's formula decides, ties -> lowest index
+            const int64_t code = base + __builtin_ctzll(in);
+            const float e = direct_l2_small<kd>(xr, cbT, Kp, code);
+            if (e < best_e || (e == best_e && (answer < 0 || code < answer))) {
+              best_e = e;
+              answer = code;
+            }
+          }
+        }
+        if (!single && !(best_e < __builtin_inff())) answer = -1;  // no finite direct score: the direct kernel
+      }
+      out[r0 + r] = answer;
+    }
+  }
+}
+
 // Any d (run time): kRows x (kCodeStep / W) accumulators, the d loop inside, codebook vectors shared by the rows.
 template <typename T, bool COS>
 static void assign_large_d(const T* xs, int64_t rows, int64_t d, const T* cbT, int64_t Kp, int64_t* out) {
@@ -292,6 +463,16 @@ void assign_tile(const double* xs, int64_t rows, int64_t d, const double* cbT, i
                  int64_t* out) {
   if (cosine) assign_tile_impl<double, true>(xs, rows, d, cbT, Kp, out);
   else assign_tile_impl<double, false>(xs, rows, d, cbT, Kp, out);
+}
+
+void assign_tile_expanded(const float* xs, int64_t rows, int64_t d, const float* cbT, int64_t Kp, const float* ce,
+                          int64_t Kpe, const float* m, float rc, float coefficient, int64_t* out) {
+  switch (d) {
+    case 1: return assign_small_d_expanded<1>(xs, rows, cbT, Kp, ce, Kpe, m, rc, coefficient, out);
+    case 2: return assign_small_d_expanded<2>(xs, rows, cbT, Kp, ce, Kpe, m, rc, coefficient, out);
+    case 3: return assign_small_d_expanded<3>(xs, rows, cbT, Kp, ce, Kpe, m, rc, coefficient, out);
+    default: return assign_small_d_expanded<4>(xs, rows, cbT, Kp, ce, Kpe, m, rc, coefficient, out);
+  }
 }
 
 }  // namespace PQ_KERNEL_NS

@@ -16,11 +16,21 @@ constexpr int64_t kTileCodes = 32;  // a multiple of assign_kernel.h kCodeStep i
                    int64_t* out);                                                                              \
   void assign_tile(const double* xs, int64_t rows, int64_t d, const double* cbT, int64_t Kp, bool cosine,     \
                    int64_t* out);                                                                              \
+  void assign_tile_expanded(const float* xs, int64_t rows, int64_t d, const float* cbT, int64_t Kp,          \
+                            const float* ce, int64_t Kpe, const float* m, float rc, float coefficient,         \
+                            int64_t* out);                                                                     \
   }
 PQ_DECLARE_TILE(generic)
 PQ_DECLARE_TILE(avx2)
 PQ_DECLARE_TILE(avx512)
 #undef PQ_DECLARE_TILE
+
+// assign_tile_expanded: l2, fp32, d <= kExpandedMaxD: the expanded-formula scan with the exact re-check of
+// pqgan_kernels/bound.py (assign_kernel.h assign_small_d_expanded); out = -1 marks a row the caller decides with
+// assign_tile. ce (d + 1, Kpe), Kpe a multiple of kExpandedBlock: row 0 |c'_k|^2 (NaN padding), rows 1..d -2 c'_k
+// (0 padding) for c'_k = fl(c_k - m); m (d) the centre; rc = max_k |c'_k|; coefficient = bound.py's for (d, fp32).
+constexpr int64_t kExpandedMaxD = 4;
+constexpr int64_t kExpandedBlock = 64;  // = assign_kernel.h kExpBlock
 
 // True when this build has the AVX2 copy (GCC on x86-64) and this CPU supports AVX2 and FMA.
 bool have_avx2();
