@@ -3,11 +3,13 @@
 //
 // The rounding bound is the one derived in pqgan_kernels/bound.py; Python passes its coefficient
 // (bound_coefficient(d, matmul precision, compute dtype)) so the constant lives in one place. Per subspace s:
-//   1. centre: m = mean of the codebook; x' = fl(x - m), c'_k = fl(c_k - m); Rc = max_k |c'_k|;
+//   1. centre: m = mean of the codebook when it lies away from the origin (|m| > max_k |c_k - m|), else m = 0
+//      (bound.py holds for any centre; m = 0 leaves the codes in place); x' = fl(x - m), c'_k = fl(c_k - m);
+//      Rc = max_k |c'_k|;
 //   2. approximate scores a_k = |c'_k|^2 - 2 x'.c'_k by BLAS (at::addmm_out, which honours torch's fp32 matmul
 //      precision). A task is (s, block of R rows): it centres its rows once, then walks K in tiles of Kt codes
-//      (centred once per task, ~256 KiB, kept in L2) and scores each tile against its rows kGroupRows at a time,
-//      so no (N, K) buffer exists and the codebook is read N / R times;
+//      (centred once per task when m != 0, ~256 KiB, kept in L2) and scores each tile against its rows, G <=
+//      kGroupRows at a time, so no (N, K) buffer exists and the codebook is read N / R times;
 //   3. per row keep the running best approximate score and every code with a_k <= best + B,
 //      B = coefficient * (|x'| + Rc)^2 (pruned as the best falls), at most kMaxCandidates of them;
 //   4. resolve with the oracle's direct formula sum_j (x_j - c_kj)^2 on the uncentred inputs: one candidate is the
@@ -15,9 +17,9 @@
 //      overflowed (many near-ties, e.g. quantised data far from the origin) or has no finite score is decided by a
 //      direct scan over all K codes. Every branch is exact; only the speed depends on the data.
 // Working memory (not proportional to N * K): per thread R centred rows + their candidate lists + one code tile
-// with its norms + a (kGroupRows, Kt) score tile, R chosen so this stays within max(output bytes / threads,
+// with its norms + a (G, Kt) score tile, R chosen so this stays within max(output bytes / threads,
 // kMinThreadBytes) unless one code tile and one row group alone need more (small N: about 0.6 MiB per thread
-// at d = 256); plus (S, d) means and, for mixed dtypes, the codebook converted to the compute dtype.
+// at d = 256); plus (S, d) means, (S, K) code norms and, for mixed dtypes, the codebook converted to the compute dtype.
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 #include <torch/library.h>
@@ -36,7 +38,8 @@ namespace pqgan {
 namespace cpu {
 namespace {
 
-constexpr int64_t kGroupRows = 128;      // rows per BLAS call
+constexpr int64_t kGroupRows = 512;      // rows per BLAS call at most (fewer packings of the code tile) ...
+constexpr int64_t kMinGroupRows = 128;   // ... and at least, where N allows (budget permitting more)
 constexpr int64_t kTileBytes = 256 << 10; // a code tile (Kt, d) of about this size stays in L2 ...
 constexpr int64_t kMinTileCodes = 16;     // ... with at least this many ...
 constexpr int64_t kMaxTileCodes = 512;    // ... and at most this many codes
@@ -179,43 +182,57 @@ void assign_gemm_impl(const at::Tensor& x, const at::Tensor& cb, const at::Tenso
   scalar_t* qp = quantized.data_ptr<scalar_t>();
   int64_t* ip = indices.data_ptr<int64_t>();
 
-  // Per subspace: the centre m (codebook mean, accumulated in double) and Rc = max_k |fl(c_k - m)|.
-  at::Tensor means = at::empty({S, d}, cb.options());
+  // Per subspace: the centre m and Rc = max_k |fl(c_k - m)|. bound.py holds for any centre: the codebook mean
+  // (accumulated in double) when the codebook lies away from the origin (|mean| > Rc about the mean), else 0 --
+  // then the bound is at most ~4x wider, and the codes need no centred copy: the BLAS reads them in place and
+  // their norms |c_k|^2 (S, K) are computed once per call instead of once per task.
+  at::Tensor means = at::zeros({S, d}, cb.options());
   T* mp = means.data_ptr<T>();
   std::vector<double> rc(S);
+  std::vector<char> centred(S);
+  const std::vector<T> origin(d, T(0));
   at::parallel_for(0, S, 1, [&](int64_t s0, int64_t s1) {
     std::vector<double> acc(d);
+    std::vector<T> mean(d);
     for (int64_t s = s0; s < s1; ++s) {
       std::fill(acc.begin(), acc.end(), 0.0);
       const T* c = cbp + s * K * d;
       for (int64_t k = 0; k < K; ++k)
         for (int64_t j = 0; j < d; ++j) acc[j] += static_cast<double>(c[k * d + j]);
-      for (int64_t j = 0; j < d; ++j) mp[s * d + j] = static_cast<T>(acc[j] / static_cast<double>(K));
-      double r2max = 0.0;
+      for (int64_t j = 0; j < d; ++j) mean[j] = static_cast<T>(acc[j] / static_cast<double>(K));
+      // squared radii in T (8 partial sums, vectorised): the bound's generous constant covers their rounding
+      const T mean2 = direct_l2<T, T>(mean.data(), origin.data(), d);
+      T r2max = 0, r2max_origin = 0;
       for (int64_t k = 0; k < K; ++k) {
-        double r2 = 0.0;
-        for (int64_t j = 0; j < d; ++j) {
-          const double v = static_cast<double>(static_cast<T>(c[k * d + j] - mp[s * d + j]));
-          r2 += v * v;
-        }
-        r2max = std::max(r2max, r2);
+        r2max = std::max(r2max, direct_l2<T, T>(c + k * d, mean.data(), d));
+        r2max_origin = std::max(r2max_origin, direct_l2<T, T>(c + k * d, origin.data(), d));
       }
-      rc[s] = std::sqrt(r2max);
+      centred[s] = mean2 > r2max;
+      if (centred[s]) std::copy(mean.begin(), mean.end(), mp + s * d);
+      rc[s] = std::sqrt(static_cast<double>(centred[s] ? r2max : r2max_origin));
     }
+  });
+  // |c_k|^2 of the subspaces used in place (zero elsewhere, unused), in T, any summation order (bound.py)
+  at::Tensor in_place_norms = at::zeros({S, K}, cb.options());
+  T* inp = in_place_norms.data_ptr<T>();
+  at::parallel_for(0, S * K, 1024, [&](int64_t i0, int64_t i1) {
+    for (int64_t i = i0; i < i1; ++i)
+      if (!centred[i / K]) inp[i] = direct_l2<T, T>(cbp + i * d, origin.data(), d);
   });
 
   // Tasks are (s, block of R rows). A task centres its rows once (xc), then walks K in code tiles of Kt codes
-  // (centred once per task, kept in L2) and scores them against its rows kGroupRows at a time. R is as large as
-  // the workspace cap allows, so the codebook is read N / R times, not N / kGroupRows times.
+  // (centred once per task, kept in L2) and scores them against its rows G at a time. R is as large as
+  // the workspace cap allows, so the codebook is read N / R times, not N / G times.
   const int64_t nthreads_max = std::max<int64_t>(1, at::get_num_threads());
   const int64_t out_bytes = quantized.numel() * quantized.element_size() + indices.numel() * 8;
   const int64_t budget = std::max(kMinThreadBytes, out_bytes / nthreads_max);  // bytes per thread
-  const int64_t G = std::min(kGroupRows, N);
+  const int64_t per_row = d * int64_t(sizeof(T)) + int64_t(sizeof(Candidates<T>));
+  // rows per BLAS call: as many as half the budget holds (their centred rows and candidate lists), within bounds
+  const int64_t G = std::min({kGroupRows, N, std::max(kMinGroupRows, budget / 2 / per_row / 16 * 16)});
   // code tile (Kt, d) + norms + (G, Kt) scores within half the budget and about kTileBytes of codes
   int64_t Kt = std::min(kTileBytes / (d * int64_t(sizeof(T))), budget / 2 / ((d + 1 + G) * int64_t(sizeof(T))));
   Kt = std::min(K, std::max(kMinTileCodes, std::min(kMaxTileCodes, Kt / kMinTileCodes * kMinTileCodes)));
   const int64_t fixed = (Kt * (d + 1) + G * Kt) * int64_t(sizeof(T));
-  const int64_t per_row = d * int64_t(sizeof(T)) + int64_t(sizeof(Candidates<T>));
   int64_t R = std::max<int64_t>(G, (budget - fixed) / per_row / G * G);
   // about 4 tasks per thread when N allows (a descheduled thread on a shared machine then holds up little),
   // but at least one BLAS group of rows per task
@@ -252,9 +269,15 @@ void assign_gemm_impl(const at::Tensor& x, const at::Tensor& cb, const at::Tenso
       }
       for (int64_t k0 = 0; k0 < K; k0 += Kt) {
         const int64_t kt = std::min(Kt, K - k0);
-        for (int64_t i = 0; i < kt; ++i) n2[i] = centre_row(cbs + (k0 + i) * d, m, d, cc + i * d);
-        const at::Tensor norms = at::from_blob(n2, {1, kt}, opts);
-        const at::Tensor codesT = at::from_blob(cc, {kt, d}, opts).t();
+        const T* codes = cbs + k0 * d;
+        const T* norms_p = inp + s * K + k0;
+        if (centred[s]) {
+          for (int64_t i = 0; i < kt; ++i) n2[i] = centre_row(cbs + (k0 + i) * d, m, d, cc + i * d);
+          codes = cc;
+          norms_p = n2;
+        }
+        const at::Tensor norms = at::from_blob(const_cast<T*>(norms_p), {1, kt}, opts);
+        const at::Tensor codesT = at::from_blob(const_cast<T*>(codes), {kt, d}, opts).t();
         for (int64_t g0 = 0; g0 < rows; g0 += G) {
           const int64_t g = std::min(G, rows - g0);
           // sc (g, kt) = 1 * |c'|^2 (broadcast over rows) - 2 * xc (g, d) @ cc^T (d, kt), by torch's BLAS

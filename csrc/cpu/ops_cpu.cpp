@@ -82,7 +82,8 @@ void decide_marked_rows(const float* xs, int64_t rows, int64_t d, const float* c
       ++filled;
     }
     if (filled == kTileRows || (r == rows && filled > 0)) {
-      for (int64_t i = filled; i < kTileRows; ++i) std::memcpy(group + i * d, group + (filled - 1) * d, d * sizeof(float));
+      for (int64_t i = filled; i < kTileRows; ++i)
+        std::memcpy(group + i * d, group + (filled - 1) * d, d * sizeof(float));
       assign_tile_dispatch<float>(group, kTileRows, d, cbT, Kp, false, result);
       for (int64_t i = 0; i < filled; ++i) out[member[i]] = result[i];
       filled = 0;
