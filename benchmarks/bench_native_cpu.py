@@ -14,7 +14,7 @@ the ratios "x faiss" / "x compile" / "x naive" (their time / ours: > 1 means we 
 machine's arithmetic limit our time reaches:
   - direct-formula kernel (the register-blocked scan): a (row, code) pair costs 2d + 1 fp32 lane ops (d
     subtractions, d multiply(-add)s, one min), so limit = N S K (2d + 1) / (lane_ops * cores * GHz);
-  - GEMM path (l2 where cpu_large_d.uses_gemm(d, K)): limit = 2 N S K d flops / (2 lane_ops * cores * GHz).
+  - GEMM path (l2 where native_backend.uses_gemm(d, K)): limit = 2 N S K d flops / (2 lane_ops * cores * GHz).
   lane_ops = fp32 lane operations one core issues per cycle: 16 by default (two 256-bit FP ops, or one 512-bit,
   per cycle -- what per-thread CPU time shows on the project's Xeon: AVX-512 runs the scan no faster than AVX2);
   --lane-ops and --ghz (default: /proc/cpuinfo) override these assumptions, which the output states.
@@ -34,7 +34,7 @@ import time
 import torch  # noqa: E402
 
 import pqgan_kernels  # noqa: E402
-from pqgan_kernels import cpu_large_d, reference  # noqa: E402
+from pqgan_kernels import native_backend, reference  # noqa: E402
 
 from .naive_quantizer import naive_ema_stats, pq_assign_naive  # noqa: E402
 
@@ -109,7 +109,7 @@ def bench_assign(args, faiss):
         else:
             row["compile"] = None
         row["naive"] = timed(lambda: pq_assign_naive(x, cb), max(1, min(args.reps, 5)))[0]
-        if cpu_large_d.uses_gemm(d, K):  # GEMM path: 2NKd flops, 2 flops per FMA lane op
+        if native_backend.uses_gemm(d, K):  # GEMM path: 2NKd flops, 2 flops per FMA lane op
             limit_ms = 2 * N * S * K * d / (2 * args.lane_ops * cores * args.ghz * 1e9) * 1e3
             kind = "sgemm"
         else:  # direct formula: 2d + 1 lane ops per (row, code) pair

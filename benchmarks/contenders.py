@@ -292,21 +292,22 @@ class OursTritonFast(Ours):
                 module.set_mode(previous[0] if isinstance(previous, tuple) else previous)
         return wrapped
 
-    def forward(self, case):
-        prepared = super().forward(case)
+    def _fast_unless_small_d(self, prepared, case, small_d_reason: str):
+        """``prepared`` (the callable, or why it is skipped) in fast mode; small d: ``small_d_reason`` (the small-d
+        kernel is exact in both modes, so there is nothing to compare)."""
         if isinstance(prepared, str):
             return prepared
         if case.cfg.d <= getattr(self.module, "SMALL_D_MAX", 0):
-            return f"d={case.cfg.d} uses the exact small-d kernel in both modes (same as pqgan:triton)"
+            return small_d_reason
         return self._fast(prepared)
 
+    def forward(self, case):
+        return self._fast_unless_small_d(super().forward(case), case,
+                                         f"d={case.cfg.d} uses the exact small-d kernel in both modes (same as "
+                                         "pqgan:triton)")
+
     def train(self, case):
-        prepared = super().train(case)
-        if isinstance(prepared, str):
-            return prepared
-        if case.cfg.d <= getattr(self.module, "SMALL_D_MAX", 0):
-            return f"d={case.cfg.d}: same kernels as pqgan:triton"
-        return self._fast(prepared)
+        return self._fast_unless_small_d(super().train(case), case, f"d={case.cfg.d}: same kernels as pqgan:triton")
 
     def ema(self, case):
         return "same EMA kernel as pqgan:triton"

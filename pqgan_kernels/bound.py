@@ -2,8 +2,8 @@
 
 A fast search scores codes with an approximate formula, then re-checks *every* code whose approximate score lies
 within a per-row bound ``B`` of the row's best approximate score, using the direct formula. The bound is derived
-once here and used by the Triton dot kernel (``triton_assign.py``) and the CPU large-d path (``cpu_large_d.py``);
-the CUDA and CPU C++ kernels score every code with the direct formula and need none.
+once here and used by the Triton dot kernel (``triton_assign.py``) and the CPU GEMM path
+(``native_backend.assign_gemm``); the CUDA and CPU C++ kernels score every code with the direct formula and need none.
 
 Notation: ``u`` is the unit roundoff of the accumulation type (fp32: 2^-24, fp64: 2^-53); ``u_in`` that of the
 multiplier inputs (0 for an fp32/fp64 product, tf32: 2^-10 -- truncation-safe --, bf16: 2^-8, tf32x3: 2^-20);

@@ -4,20 +4,34 @@ Importing this module loads the extension and registers whichever of the two bac
 goes wrong (extension not built, built without CUDA, no GPU, stale build) is recorded with ``mark_unavailable``
 and never raised.
 
+The "cpu" backend's assignment is routed here (``cpu_assign``): l2 where a GEMM beats the per-code direct-formula
+loop of the C++ kernel (``uses_gemm``: d >= 128, or d >= 64 with K >= 512 -- measured on the 2-core box, see
+benchmarks/bench_native_cpu.py) goes to ``pq_assign_gemm`` (csrc/cpu/assign_gemm.cpp). Per subspace it centres x
+and the codebook on the codebook mean, scores a_k = |c'_k|^2 - 2 x'.c'_k with BLAS tile by tile over K (no (N, K)
+buffer: extra memory is bounded by the outputs' size, see the C++ file), keeps every code within the rounding bound
+of ``bound.py`` of the row's best, and re-checks those with the oracle's direct formula (a row with too many
+near-ties is decided by a direct scan). The result equals a full direct scan at any magnitude of the data.
+Everything else (cosine, smaller d or K) goes to ``pq_assign``.
+
 Native ops (schemas in ``csrc/native_ops.cpp``; CPU kernels in ``csrc/cpu/``, CUDA kernels in ``csrc/cuda/``):
     pq_assign(x (N, S*d), codebooks (S, K, d), cosine: bool) -> (quantized (N, S*d) x.dtype, indices (N, S) int64)
     pq_ema_stats(x (N, S*d), indices (N, S), num_codes)      -> (counts (S, K), sums (S, K, d))  fp32 / fp64
     pq_codebook_grad(grad (N, S*d), indices (N, S), num_codes) -> (S, K, d)                     fp32 / fp64
-    pq_assign_gemm(x, codebooks, bound_coefficient) -> like pq_assign (l2, CPU only; see cpu_large_d.py)
+    pq_assign_gemm(x, codebooks, bound_coefficient) -> like pq_assign (l2, CPU only; see ``assign_gemm``)
 """
 from __future__ import annotations
 
 import torch
 
-from . import cpu_large_d
+from .bound import bound_coefficient
 from .dispatch import Backend, mark_unavailable, register_backend
+from .reference import compute_dtype
 
 BUILD_INFO = None
+
+GEMM_MIN_D = 64        # below this d the direct-formula kernel wins at every K measured
+GEMM_ALWAYS_D = 128    # from this d the GEMM path wins at every K measured
+GEMM_MIN_CODES = 512   # between the two, the GEMM path wins from this K on
 
 
 def _register_fakes() -> None:
@@ -50,10 +64,39 @@ def assign(x: torch.Tensor, codebooks: torch.Tensor, distance: str = "l2") -> tu
     return torch.ops.pqgan_native.pq_assign(x, codebooks, distance == "cosine")
 
 
+def uses_gemm(d: int, K: int) -> bool:
+    """Whether the "cpu" backend's l2 assignment of sub-dim d against K codes takes the GEMM path."""
+    return d >= GEMM_ALWAYS_D or (d >= GEMM_MIN_D and K >= GEMM_MIN_CODES)
+
+
+def matmul_precision() -> str:
+    """The fp32 matmul precision BLAS on the CPU runs at, as a ``bound.py`` precision name.
+
+    oneDNN's own setting (``torch.backends.mkldnn.matmul.fp32_precision``) first, then torch's global one; when
+    torch refuses to say (legacy and new APIs mixed) the coarsest ("medium", bf16 inputs), which keeps the search
+    exact at some cost in candidates.
+    """
+    mkldnn = getattr(getattr(torch.backends, "mkldnn", None), "matmul", None)
+    own = getattr(mkldnn, "fp32_precision", "none")
+    if own in ("bf16", "tf32"):
+        return own
+    try:
+        return torch.get_float32_matmul_precision()
+    except RuntimeError:
+        return "medium"
+
+
+def assign_gemm(x: torch.Tensor, codebooks: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The GEMM path, whatever d and K: x (N, S*d), codebooks (S, K, d) -> (quantized (N, S*d) x.dtype, indices
+    (N, S) int64), exact l2."""
+    coefficient = bound_coefficient(codebooks.shape[2], matmul_precision(), compute_dtype(x, codebooks))
+    return torch.ops.pqgan_native.pq_assign_gemm(x, codebooks, coefficient)
+
+
 def cpu_assign(x: torch.Tensor, codebooks: torch.Tensor, distance: str = "l2") -> tuple[torch.Tensor, torch.Tensor]:
-    """``assign`` on the CPU; l2 with large d and K (cpu_large_d.uses_gemm) goes to the exact BLAS path (faster)."""
-    if distance == "l2" and cpu_large_d.uses_gemm(codebooks.shape[2], codebooks.shape[1]):
-        return cpu_large_d.assign_l2(x, codebooks)
+    """``assign`` on the CPU; l2 where ``uses_gemm(d, K)`` goes to the exact GEMM path (faster)."""
+    if distance == "l2" and uses_gemm(codebooks.shape[2], codebooks.shape[1]):
+        return assign_gemm(x, codebooks)
     return assign(x, codebooks, distance)
 
 

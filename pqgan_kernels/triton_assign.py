@@ -87,6 +87,29 @@ def _cast_out(v, out_ptr, IS_INTERP: tl.constexpr):
             v = u.to(tl.float32, bitcast=True)
     return v.to(out_ptr.dtype.element_ty)
 
+
+@triton.jit
+def _empty_slots(BM: tl.constexpr, BK: tl.constexpr):
+    """The per-(row, slot) running minimum before any code: (+inf scores (BM, BK) fp32, BIG_INDEX indices int32)."""
+    return tl.full((BM, BK), float("inf"), tl.float32), tl.full((BM, BK), BIG_INDEX, tl.int32)
+
+
+@triton.jit
+def _keep_lowest(score, k, kmask, run, run_idx):
+    """One code tile into the per-(row, slot) running minimum: score (BM, BK) of codes k (BK,), +inf where ~kmask;
+    strict ``<`` while k increases, so each slot keeps the earliest code reaching its minimum -> (run, run_idx)."""
+    score = tl.where(kmask[None, :], score, float("inf"))
+    better = score < run
+    return tl.where(better, score, run), tl.where(better, k[None, :], run_idx)
+
+
+@triton.jit
+def _row_min(run, run_idx):
+    """(BM, BK) slot state -> per row (BM,): (minimum score, lowest index reaching it; BIG_INDEX if none)."""
+    best = tl.min(run, axis=1)
+    return best, tl.min(tl.where(run == best[:, None], run_idx, BIG_INDEX), axis=1)
+
+
 @triton.jit
 def _assign_small_kernel(x_ptr, cb_ptr, q_ptr, idx_ptr, N, K, stride_x, stride_q, n_bucket,
                          d: tl.constexpr, COSINE: tl.constexpr, IS_INTERP: tl.constexpr,
@@ -106,8 +129,7 @@ def _assign_small_kernel(x_ptr, cb_ptr, q_ptr, idx_ptr, N, K, stride_x, stride_q
             xj = tl.load(x_row + j, mask=rmask, other=0.0).to(tl.float32)
             xn += xj * xj
         xnorm = tl.maximum(tl.sqrt_rn(xn), 1e-12)
-    run = tl.full((BM, BK), float("inf"), tl.float32)
-    run_idx = tl.full((BM, BK), BIG_INDEX, tl.int32)
+    run, run_idx = _empty_slots(BM, BK)
     for k0 in range(0, K, BK):
         k = k0 + cols
         kmask = k < K
@@ -130,13 +152,9 @@ def _assign_small_kernel(x_ptr, cb_ptr, q_ptr, idx_ptr, N, K, stride_x, stride_q
                 c = tl.load(cb_s + k * d + j, mask=kmask, other=0.0).to(tl.float32)
                 diff = xj[:, None] - c[None, :]
                 score += diff * diff
-        score = tl.where(kmask[None, :], score, float("inf"))
-        better = score < run
-        run = tl.where(better, score, run)
-        run_idx = tl.where(better, k[None, :], run_idx)
+        run, run_idx = _keep_lowest(score, k, kmask, run, run_idx)
 
-    best = tl.min(run, axis=1)
-    idx = tl.min(tl.where(run == best[:, None], run_idx, BIG_INDEX), axis=1)
+    _, idx = _row_min(run, run_idx)
     idx = tl.where(idx >= K, 0, idx)  # every score was +inf (overflow): the oracle's argmin gives 0
     tl.store(idx_ptr + rows64 * tl.num_programs(1) + s, idx.to(tl.int64), mask=rmask)
     q_row = q_ptr + rows64 * stride_q + s * d
@@ -208,6 +226,32 @@ def _gather_chunk(q_row, cb_s, idx, rmask, dd, d: tl.constexpr, IS_INTERP: tl.co
 
 
 @triton.jit
+def _direct_scan(x_row, cb_s, cn_s, rmask, K, d: tl.constexpr, COSINE: tl.constexpr, BM: tl.constexpr,
+                 BK: tl.constexpr):
+    """The direct fp32 score of every code for the block's rows (runtime loops: any d) -> (BM,) the lowest index
+    of the best: sum (x-c)^2 (l2) or -sum x*c / cn (cosine, cn (K,) the clamped codeword norms)."""
+    cols = tl.arange(0, BK)
+    run, run_idx = _empty_slots(BM, BK)
+    for k0 in range(0, K, BK):
+        k = k0 + cols
+        kmask = k < K
+        score = tl.zeros((BM, BK), tl.float32)
+        for j in range(d):
+            xj = tl.load(x_row + j, mask=rmask, other=0.0).to(tl.float32)
+            c = tl.load(cb_s + k * d + j, mask=kmask, other=0.0).to(tl.float32)
+            if COSINE:
+                score += xj[:, None] * c[None, :]
+            else:
+                diff = xj[:, None] - c[None, :]
+                score += diff * diff
+        if COSINE:
+            score = -tl.div_rn(score, tl.load(cn_s + k, mask=kmask, other=1.0)[None, :])
+        run, run_idx = _keep_lowest(score, k, kmask, run, run_idx)
+    _, idx = _row_min(run, run_idx)
+    return idx
+
+
+@triton.jit
 def _assign_dot_kernel(x_ptr, cb_ptr, cbc_ptr, centre_ptr, cn_ptr, rc_ptr, q_ptr, idx_ptr, approx_ptr,
                        N, K, stride_x, stride_q, n_bucket, coef,
                        d: tl.constexpr, BD: tl.constexpr, COSINE: tl.constexpr, PRECISION: tl.constexpr,
@@ -246,9 +290,8 @@ def _assign_dot_kernel(x_ptr, cb_ptr, cbc_ptr, centre_ptr, cn_ptr, rc_ptr, q_ptr
             x2 += tl.sum(xc * xc, axis=1)
 
     # Per (row, slot): the smallest approximate score (index: the earliest code reaching it) and the runner-up.
-    run = tl.full((BM, BK), float("inf"), tl.float32)
+    run, run_idx = _empty_slots(BM, BK)
     run2 = tl.full((BM, BK), float("inf"), tl.float32)
-    run_idx = tl.full((BM, BK), BIG_INDEX, tl.int32)
     for k0 in range(0, K, BK):
         k = k0 + cols
         kmask = k < K
@@ -279,7 +322,7 @@ def _assign_dot_kernel(x_ptr, cb_ptr, cbc_ptr, centre_ptr, cn_ptr, rc_ptr, q_ptr
         scale = r * r
     thr = best + coef * scale
     if WRITE_APPROX:
-        first = tl.min(tl.where(run == best[:, None], run_idx, BIG_INDEX), axis=1)
+        _, first = _row_min(run, run_idx)
         tl.store(approx_ptr + rows64 * S + s, tl.where(first >= K, 0, first).to(tl.int64), mask=rmask)
     n_cand = tl.sum((run <= thr[:, None]).to(tl.int32), axis=1)
     hidden = tl.max((run2 <= thr[:, None]).to(tl.int32), axis=1)
@@ -307,29 +350,7 @@ def _assign_dot_kernel(x_ptr, cb_ptr, cbc_ptr, centre_ptr, cn_ptr, rc_ptr, q_ptr
 
     if tl.max((full_scan & rmask).to(tl.int32), axis=0) > 0:
         # Direct scan of every code for this block (rare: near-ties beyond the slot state, or overflow).
-        run = tl.full((BM, BK), float("inf"), tl.float32)
-        run_idx = tl.full((BM, BK), BIG_INDEX, tl.int32)
-        for k0 in range(0, K, BK):
-            k = k0 + cols
-            kmask = k < K
-            e = tl.zeros((BM, BK), tl.float32)
-            for j in range(d):
-                xj = tl.load(x_row + j, mask=rmask, other=0.0).to(tl.float32)
-                c = tl.load(cb_s + k * d + j, mask=kmask, other=0.0).to(tl.float32)
-                if COSINE:
-                    e += xj[:, None] * c[None, :]
-                else:
-                    diff = xj[:, None] - c[None, :]
-                    e += diff * diff
-            if COSINE:
-                e = -tl.div_rn(e, tl.load(cn_s + k, mask=kmask, other=1.0)[None, :])
-            e = tl.where(kmask[None, :], e, float("inf"))
-            better = e < run
-            run = tl.where(better, e, run)
-            run_idx = tl.where(better, k[None, :], run_idx)
-        scan_best = tl.min(run, axis=1)
-        scan_idx = tl.min(tl.where(run == scan_best[:, None], run_idx, BIG_INDEX), axis=1)
-        best_i = tl.where(full_scan, scan_idx, best_i)
+        best_i = tl.where(full_scan, _direct_scan(x_row, cb_s, cn_s, rmask, K, d, COSINE, BM, BK), best_i)
 
     idx = tl.where(best_i >= K, 0, best_i)  # every score +inf (overflow): the oracle's argmin gives 0
     tl.store(idx_ptr + rows64 * S + s, idx.to(tl.int64), mask=rmask)

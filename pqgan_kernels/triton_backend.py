@@ -1,4 +1,5 @@
-"""Backend "triton": registers the Triton kernels of ``triton_assign`` and ``triton_ema`` with the dispatcher.
+"""Backend "triton": registers the Triton kernels of ``triton_assign``, ``triton_scatter`` and ``triton_ema``
+with the dispatcher.
 
 Devices: "cuda" when a GPU is present; under ``TRITON_INTERPRET=1`` (set before this module is imported) also
 "cpu", so the kernels can be tested without a GPU. Anything missing (triton, a GPU) marks the backend unavailable
@@ -27,7 +28,7 @@ def _register() -> None:
         mark_unavailable("triton", "no CUDA GPU and TRITON_INTERPRET=1 is not set")
         return
     try:
-        from . import triton_assign, triton_ema
+        from . import triton_assign, triton_ema, triton_scatter
     except Exception as err:  # triton missing or broken: never let it escape
         mark_unavailable("triton", f"triton kernels not importable: {type(err).__name__}: {err}")
         return
@@ -35,8 +36,8 @@ def _register() -> None:
         name="triton",
         devices=devices,
         assign=triton_assign.assign,
-        ema_stats=triton_ema.ema_stats,
-        codebook_grad=triton_ema.codebook_grad,
+        ema_stats=triton_scatter.ema_stats,
+        codebook_grad=triton_scatter.codebook_grad,
         ema_update=triton_ema.ema_update,
         unsupported=triton_assign.unsupported,
     ))

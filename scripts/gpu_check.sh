@@ -9,7 +9,7 @@ python3 -m pytest -q -m gpu tests 2>&1 | tee "$OUT/pytest_gpu.txt" || true   # k
 # Triton targets (H100): F8 fwd <= 0.40 ms, S16-d16-K512 fwd <= 0.25 ms, S8-d32-K4096 <= 0.9 ms, EMA <= 0.15 ms.
 python3 - <<'PY' 2>&1 | tee "$OUT/triton_targets.txt" || true
 import torch, triton.testing as tt
-from pqgan_kernels import reference, triton_assign as ta, triton_ema as te
+from pqgan_kernels import reference, triton_assign as ta, triton_ema as te, triton_scatter as ts
 for name, N, S, d, K in [("F8", 30720, 64, 2, 512), ("S16-d16-K512", 65536, 16, 16, 512),
                          ("S8-d32-K4096", 65536, 8, 32, 4096)]:
     xs = [torch.randn(N, S * d, device="cuda") for _ in range(4)]; cb = torch.randn(S, K, d, device="cuda")
@@ -25,7 +25,7 @@ for name, N, S, d, K in [("F8", 30720, 64, 2, 512), ("S16-d16-K512", 65536, 16, 
 N, S, d, K = 65536, 16, 16, 512
 x = torch.randn(N, S * d, device="cuda"); idx = torch.randint(0, K, (N, S), device="cuda")
 cb, cs, es = torch.randn(S, K, d, device="cuda"), torch.ones(S, K, device="cuda"), torch.randn(S, K, d, device="cuda")
-print(f"EMA stats S16-d16-K512: {tt.do_bench(lambda: te.ema_stats(x, idx, K), rep=200):.4f} ms")
+print(f"EMA stats S16-d16-K512: {tt.do_bench(lambda: ts.ema_stats(x, idx, K), rep=200):.4f} ms")
 print(f"EMA update S16-d16-K512: {tt.do_bench(lambda: te.ema_update(x, idx, cb, cs, es, 0.99, 1e-5), rep=200):.4f} ms")
 PY
 python3 -m benchmarks.bench_pq --json "$OUT/bench_h100.json" 2>&1 | tee "$OUT/bench.txt"

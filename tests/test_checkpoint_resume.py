@@ -6,9 +6,10 @@ import json
 import numpy as np
 import pytest
 import torch
-from PIL import Image
 
 from pqgan import checkpoint as ckpt
+
+from model_helpers import write_texture_images
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -22,13 +23,8 @@ SETTINGS = ["train.resolution=32", "model.resolution=32", "loss.perceptual=none"
 
 @pytest.fixture(scope="module")
 def image_dir(tmp_path_factory):
-    """Six small random-texture images: 3 batches per epoch, so 5 steps cross an epoch end."""
-    root = tmp_path_factory.mktemp("images")
-    rng = np.random.default_rng(0)
-    for i in range(6):
-        img = rng.uniform(0, 255, (36, 40, 3))
-        Image.fromarray(img.astype(np.uint8)).save(root / f"img{i}.png")
-    return str(root)
+    """Six small random-texture images (36x40): 3 batches per epoch, so 5 steps cross an epoch end."""
+    return write_texture_images(tmp_path_factory.mktemp("images"), 6, 36, 40)
 
 
 def _train(out, steps, image_dir, resume=False, extra=()):

@@ -133,8 +133,8 @@ def triton_launches(monkeypatch):
     """Names of the Triton kernels launched (a spy on the interpreter's launcher: CPU machines only)."""
     if "triton" not in pqgan_kernels.available_backends() or torch.cuda.is_available():
         pytest.skip("needs the Triton interpreter (TRITON_INTERPRET=1, no GPU)")
-    from pqgan_kernels import triton_ema
-    kernel_type = type(triton_ema._scatter_kernel)
+    from pqgan_kernels import triton_scatter
+    kernel_type = type(triton_scatter._scatter_kernel)
     real_run = kernel_type.run
     launched = []
 

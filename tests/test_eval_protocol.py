@@ -10,6 +10,8 @@ from pqgan.config import apply_overrides, load_config
 from pqgan.data import build_dataset
 from pqgan.evaluate import build_eval_dataset, evaluate, parse_size, run
 
+from model_helpers import write_texture_images
+
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 TINY = ["train.resolution=32", "model.resolution=32", "loss.perceptual=none", "train.val_fraction=0.5"]
@@ -18,12 +20,7 @@ TINY = ["train.resolution=32", "model.resolution=32", "loss.perceptual=none", "t
 @pytest.fixture(scope="module")
 def image_dir(tmp_path_factory):
     """Five non-square random-texture images (48x40)."""
-    root = tmp_path_factory.mktemp("eval_images")
-    rng = np.random.default_rng(0)
-    for i in range(5):
-        img = np.kron(rng.uniform(0, 255, (6, 5, 3)), np.ones((8, 8, 1))) + rng.normal(0, 12, (48, 40, 3))
-        Image.fromarray(img.clip(0, 255).astype(np.uint8)).save(root / f"img{i}.png")
-    return str(root)
+    return write_texture_images(tmp_path_factory.mktemp("eval_images"), 5, 48, 40)
 
 
 def _cfg():

@@ -161,20 +161,24 @@ def test_pq_codebook_grad_wrapper_values_and_dtype():
     assert torch.equal(pqgan_kernels.pq_codebook_grad(g.float(), idx, 3), expected)        # default: auto
 
 
+@pytest.mark.parametrize("op,name", [(pqgan_kernels.pq_codebook_grad, "grad_quantized"),
+                                     (pqgan_kernels.pq_ema_stats, "x")], ids=["pq_codebook_grad", "pq_ema_stats"])
 @pytest.mark.parametrize("make,err,match", [
-    (lambda g, i: (g.long(), i), TypeError, "grad_quantized must be float16, bfloat16, float32 or float64"),
-    (lambda g, i: (g, i.float()), TypeError, "indices must be int32 or int64"),
-    (lambda g, i: (g, i[None]), ValueError, r"do not match: \(3, 4\) vs \(1, 3, 2\)"),
-    (lambda g, i: (g[None], i), ValueError, r"do not match: \(1, 3, 4\) vs \(3, 2\)"),
-    (lambda g, i: (g[:2], i), ValueError, r"do not match: \(2, 4\) vs \(3, 2\)"),
-    (lambda g, i: (g[:, :3], i), ValueError, r"do not match: \(3, 3\) vs \(3, 2\)"),
-    (lambda g, i: (g, i.to("meta")), ValueError, "grad_quantized on cpu, indices on meta"),
-    (lambda g, i: (g, i + 3), ValueError, "outside"),
+    (lambda v, i: (v.long(), i), TypeError, "{name} must be float16, bfloat16, float32 or float64"),
+    (lambda v, i: (v, i.float()), TypeError, "indices must be int32 or int64"),
+    (lambda v, i: (v, i[None]), ValueError, r"do not match: \(3, 4\) vs \(1, 3, 2\)"),
+    (lambda v, i: (v[None], i), ValueError, r"do not match: \(1, 3, 4\) vs \(3, 2\)"),
+    (lambda v, i: (v[:2], i), ValueError, r"do not match: \(2, 4\) vs \(3, 2\)"),
+    (lambda v, i: (v[:, :3], i), ValueError, r"do not match: \(3, 3\) vs \(3, 2\)"),
+    (lambda v, i: (v[:0], i[:0]), ValueError, r"{name} is an empty batch \(N = 0\)"),
+    (lambda v, i: (v, i.to("meta")), ValueError, "{name} on cpu, indices on meta"),
+    (lambda v, i: (v, i + 3), ValueError, "outside"),
 ])
-def test_pq_codebook_grad_wrapper_bad_input(make, err, match):
-    g, i = make(torch.zeros(3, 4), torch.zeros(3, 2, dtype=torch.long))
-    with pytest.raises(err, match=match):
-        pqgan_kernels.pq_codebook_grad(g, i, 3)
+def test_scatter_wrappers_bad_input(op, name, make, err, match):
+    """pq_codebook_grad and pq_ema_stats share their checks: values (N, S*d) ``name``, indices (N, S)."""
+    values, indices = make(torch.zeros(3, 4), torch.zeros(3, 2, dtype=torch.long))
+    with pytest.raises(err, match=match.format(name=name)):
+        op(values, indices, 3)
 
 
 def test_one_subspace_of_odd_width_is_valid():
@@ -183,22 +187,6 @@ def test_one_subspace_of_odd_width_is_valid():
     assert pqgan_kernels.pq_codebook_grad(g, idx, 2).tolist() == [[[1.0, 1.0, 1.0], [2.0, 2.0, 2.0]]]
     counts, sums = pqgan_kernels.pq_ema_stats(x, idx, 2)
     assert counts.tolist() == [[1.0, 2.0]] and sums.tolist() == [[[6.0, 7.0, 8.0], [3.0, 5.0, 7.0]]]
-
-
-@pytest.mark.parametrize("make,err,match", [
-    (lambda x, i: (x.long(), i), TypeError, "x must be float16, bfloat16, float32 or float64"),
-    (lambda x, i: (x, i.float()), TypeError, "indices must be int32 or int64"),
-    (lambda x, i: (x, i[None]), ValueError, r"do not match: \(3, 4\) vs \(1, 3, 2\)"),
-    (lambda x, i: (x[None], i), ValueError, r"do not match: \(1, 3, 4\) vs \(3, 2\)"),
-    (lambda x, i: (x[:2], i), ValueError, r"do not match: \(2, 4\) vs \(3, 2\)"),
-    (lambda x, i: (x[:, :3], i), ValueError, r"do not match: \(3, 3\) vs \(3, 2\)"),
-    (lambda x, i: (x[:0], i[:0]), ValueError, r"x is an empty batch \(N = 0\)"),
-    (lambda x, i: (x, i.to("meta")), ValueError, "x on cpu, indices on meta"),
-])
-def test_pq_ema_stats_wrapper_bad_input(make, err, match):
-    x, i = make(torch.zeros(3, 4), torch.zeros(3, 2, dtype=torch.long))
-    with pytest.raises(err, match=match):
-        pqgan_kernels.pq_ema_stats(x, i, 3)
 
 
 def test_pq_ema_stats_wrapper_values_one_row():

@@ -7,6 +7,8 @@ from PIL import Image
 
 from pqgan.config import IMAGENET_MEAN, IMAGENET_STD, apply_overrides, load_config
 
+from model_helpers import write_texture_images
+
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
@@ -42,10 +44,8 @@ def test_config_validation():
 
 @pytest.fixture
 def one_photo(tmp_path):
-    """One 48x40 image (not square, so a crop and a resize differ)."""
-    rng = np.random.default_rng(0)
-    img = np.kron(rng.uniform(0, 255, (6, 5, 3)), np.ones((8, 8, 1))) + rng.normal(0, 12, (48, 40, 3))
-    Image.fromarray(img.clip(0, 255).astype(np.uint8)).save(tmp_path / "a.png")
+    """One 48x40 image, img0.png (not square, so a crop and a resize differ)."""
+    write_texture_images(tmp_path, 1, 48, 40)
     return tmp_path
 
 
@@ -79,7 +79,7 @@ def test_one_training_step_sees_the_recipe_images(tmp_path, one_photo, monkeypat
         "train.steps=1", "train.ckpt_every=100"])
     cfg.train.data_root = str(one_photo)
     result = train.train(cfg, str(tmp_path / "run"), progress=False)
-    with Image.open(one_photo / "a.png") as im:
+    with Image.open(one_photo / "img0.png") as im:
         x01 = torch.from_numpy(np.asarray(im.convert("RGB").resize((32, 32), Image.BILINEAR),
                                           dtype=np.float32) / 255).permute(2, 0, 1)[None]
     mean, std = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)

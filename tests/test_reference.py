@@ -66,37 +66,26 @@ def test_codebook_grad_is_scatter_add():
     assert torch.allclose(reference.pq_codebook_grad(g, idx, 5), expected, rtol=0, atol=1e-12)
 
 
-def test_ema_update_hand_computed():
-    # S=1, K=2, d=1: rows 1.0 and 3.0 go to code 0, row 10.0 goes to code 1.
+# decay 0.75 tells decay and 1 - decay apart (0.5 cannot).
+@pytest.mark.parametrize("decay,cluster_after,embed_after", [
+    (0.5, [1.5, 1.0], [2.0, 6.0]),     # 0.5*[1, 1] + 0.5*[2, 1];   0.5*[0, 2] + 0.5*[4, 10]
+    (0.75, [1.25, 1.0], [1.0, 4.0]),   # 0.75*[1, 1] + 0.25*[2, 1]; 0.75*[0, 2] + 0.25*[4, 10]
+])
+def test_ema_update_hand_computed(decay, cluster_after, embed_after):
+    # S=1, K=2, d=1: rows 1.0 and 3.0 go to code 0, row 10.0 goes to code 1 (batch counts [2, 1], sums [4, 10]).
+    # eps 0.1 makes the smoothing visible (codebooks move by > 0.05).
     x = torch.tensor([[1.0], [3.0], [10.0]], dtype=torch.float64)
     idx = torch.tensor([[0], [0], [1]])
     cb = torch.zeros(1, 2, 1, dtype=torch.float64)
     cluster = torch.tensor([[1.0, 1.0]], dtype=torch.float64)
     embed = torch.tensor([[[0.0], [2.0]]], dtype=torch.float64)
-    decay, eps = 0.5, 0.1
+    eps = 0.1
     reference.pq_ema_update(x, idx, cb, cluster, embed, decay, eps)
-    # cluster = 0.5*[1,1] + 0.5*[2,1] = [1.5, 1.0]; embed = 0.5*[0,2] + 0.5*[4,10] = [2, 6]
-    assert torch.allclose(cluster, torch.tensor([[1.5, 1.0]], dtype=torch.float64))
-    assert torch.allclose(embed, torch.tensor([[[2.0], [6.0]]], dtype=torch.float64))
-    n = 2.5
-    cs = (torch.tensor([1.5, 1.0]) + eps) / (n + 2 * eps) * n
-    assert torch.allclose(cb.flatten(), torch.tensor([2.0, 6.0], dtype=torch.float64) / cs.double())
-
-
-def test_ema_update_hand_computed_asymmetric_decay():
-    # decay 0.75 tells decay and 1 - decay apart; eps 0.1 makes the smoothing visible (codebooks move by > 0.05).
-    x = torch.tensor([[1.0], [3.0], [10.0]], dtype=torch.float64)
-    idx = torch.tensor([[0], [0], [1]])
-    cb = torch.zeros(1, 2, 1, dtype=torch.float64)
-    cluster = torch.tensor([[1.0, 1.0]], dtype=torch.float64)
-    embed = torch.tensor([[[0.0], [2.0]]], dtype=torch.float64)
-    reference.pq_ema_update(x, idx, cb, cluster, embed, 0.75, 0.1)
-    # cluster = 0.75*[1, 1] + 0.25*[2, 1] = [1.25, 1.0];  embed = 0.75*[0, 2] + 0.25*[4, 10] = [1.0, 4.0]
-    assert cluster.tolist() == [[1.25, 1.0]]
-    assert embed.flatten().tolist() == [1.0, 4.0]
-    n = 2.25
-    smoothed = [(1.25 + 0.1) / (n + 0.2) * n, (1.0 + 0.1) / (n + 0.2) * n]     # 1.2398, 1.0102
-    expected = [1.0 / smoothed[0], 4.0 / smoothed[1]]                          # 0.8066, 3.9596 (unsmoothed: 0.8, 4)
+    assert cluster.flatten().tolist() == cluster_after   # exact: every term is a short binary fraction
+    assert embed.flatten().tolist() == embed_after
+    n = sum(cluster_after)
+    smoothed = [(c + eps) / (n + 2 * eps) * n for c in cluster_after]   # decay 0.75: 1.2398, 1.0102
+    expected = [e / s for e, s in zip(embed_after, smoothed)]           # decay 0.75: 0.8066, 3.9596 (unsmoothed 0.8, 4)
     assert cb.flatten().tolist() == pytest.approx(expected, rel=1e-12, abs=0)
 
 

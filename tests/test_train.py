@@ -15,6 +15,8 @@ from pqgan import checkpoint as ckpt
 from pqgan.config import apply_overrides, load_config
 from pqgan.data import photo_dir
 
+from model_helpers import write_texture_images
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PHOTOS = photo_dir()  # real photos (PQGAN_DATA) for the CLI test when set; else its synthetic images
 PHOTOS = PHOTOS if PHOTOS is not None and PHOTOS.is_dir() else None
@@ -36,14 +38,8 @@ def _sets(extra=()):
 
 @pytest.fixture(scope="module")
 def image_dir(tmp_path_factory):
-    """Six small random-texture images (smooth + noise), enough for 3 batches of 2."""
-    root = tmp_path_factory.mktemp("images")
-    rng = np.random.default_rng(0)
-    for i in range(6):
-        base = rng.uniform(0, 255, (6, 5, 3))
-        img = np.kron(base, np.ones((8, 8, 1)))[:40, :36] + rng.normal(0, 12, (40, 36, 3))
-        Image.fromarray(img.clip(0, 255).astype(np.uint8)).save(root / f"img{i}.png")
-    return str(root)
+    """Six small random-texture images (40x36), enough for 3 batches of 2."""
+    return write_texture_images(tmp_path_factory.mktemp("images"), 6, 40, 36)
 
 
 def _tiny_model(extra=()):

@@ -24,7 +24,7 @@ from pqgan_kernels import dispatch, reference  # noqa: E402
 if "triton" not in pqgan_kernels.available_backends():
     pytest.skip(f"triton backend unavailable: {pqgan_kernels.backend_info()['triton']}", allow_module_level=True)
 
-from pqgan_kernels import triton_assign, triton_ema  # noqa: E402
+from pqgan_kernels import triton_assign, triton_scatter  # noqa: E402
 
 DEV = "cuda" if torch.cuda.is_available() else "cpu"
 
@@ -126,7 +126,7 @@ def test_scatter_skips_out_of_range_indices_with_value_checks_off():
     bad[0, 0], bad[1, 1] = 9, -1
     pqgan_kernels.set_value_checks(False)
     try:
-        counts, sums = triton_ema.ema_stats(x, bad, 9)
+        counts, sums = triton_scatter.ema_stats(x, bad, 9)
     finally:
         pqgan_kernels.set_value_checks(True)
     expected, _ = reference.pq_ema_stats(x.cpu(), idx.cpu(), 9)
@@ -193,7 +193,7 @@ def test_gpu_ema_stats_large():
     N, S, d, K = 65536, 16, 16, 512
     x, _ = random_case(N, S, d, K, device="cuda", seed=4)
     idx = torch.randint(0, K, (N, S), device="cuda")
-    counts, sums = triton_ema.ema_stats(x, idx, K)
+    counts, sums = triton_scatter.ema_stats(x, idx, K)
     rc, rs = reference.pq_ema_stats(x, idx, K)
     assert torch.equal(counts, rc)
     torch.testing.assert_close(sums, rs, rtol=1e-4, atol=1e-4)

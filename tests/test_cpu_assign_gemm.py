@@ -1,4 +1,5 @@
-"""The CPU backend's large-d path (``pq_assign_gemm``: BLAS on centred data + bounded exact re-check).
+"""The CPU backend's GEMM path for l2 with large d (``native_backend.assign_gemm`` -> ``pq_assign_gemm``: BLAS on
+centred data + bounded exact re-check) and its routing (``native_backend.uses_gemm``).
 
 Exactness is judged against fp64 distances of the inputs as the kernel received them: a row whose best and
 second-best fp64 distances differ by more than the direct formula's fp32 rounding (``TIE_FACTOR * (d + 2) * u *
@@ -9,7 +10,8 @@ import pytest
 import torch
 
 import pqgan_kernels
-from pqgan_kernels import cpu_large_d, reference
+from pqgan_kernels import native_backend, reference
+from pqgan_kernels.native_backend import GEMM_ALWAYS_D, GEMM_MIN_CODES, GEMM_MIN_D
 
 from benchmarks.timing import peak_extra_bytes
 from kernel_checks import assert_assignment, random_case
@@ -18,11 +20,6 @@ pytestmark = pytest.mark.skipif(pqgan_kernels.backend_info()["cpu"] != "availabl
 
 U32 = 2.0 ** -24
 TIE_FACTOR = 4.0
-
-
-def gemm_assign(x, cb):
-    """The large-d path itself, whatever d and K (the backend routes only cpu_large_d.uses_gemm(d, K) here)."""
-    return cpu_large_d.assign_l2(x, cb)
 
 
 def assert_exact(x, cb, q, idx):
@@ -54,7 +51,7 @@ def offset_case(N, S, d, K, centre, spread, seed, dtype=torch.float32):
 @pytest.mark.parametrize("N,S,d,K,dtype", [(50, 1, 256, 513, torch.float32), (37, 2, 128, 5, torch.float32),
                                            (40, 1, 128, 64, torch.bfloat16), (29, 2, 128, 300, torch.float64),
                                            (33, 1, 128, 1, torch.float32), (21, 1, 129, 40, torch.float16)])
-def test_large_d_matches_oracle(N, S, d, K, dtype):
+def test_gemm_path_matches_oracle(N, S, d, K, dtype):
     x, cb = random_case(N, S, d, K, dtype=dtype, seed=N)
     q, idx = pqgan_kernels.pq_assign(x, cb, backend="cpu")
     assert_assignment(x, cb, q, idx)
@@ -68,26 +65,26 @@ def test_offset_data_is_exact(centre, spread, d):
     """Latents away from the origin: the uncentred expansion loses the winner to cancellation; centred must not.
     N and K are not multiples of the row group (128) / code tile sizes, so tails of both are covered."""
     x, cb = offset_case(300, 2, d, 700, centre, spread, seed=int(centre) % 97 + d)
-    q, idx = gemm_assign(x, cb)
+    q, idx = native_backend.assign_gemm(x, cb)
     assert_exact(x, cb, q, idx)
 
 
 @pytest.mark.parametrize("scale", [1e-4, 1e-2, 1e2, 1e4])
 def test_scaled_data_is_exact(scale):
     x, cb = random_case(150, 1, 128, 300, seed=5)
-    q, idx = gemm_assign(x * scale, cb * scale)
+    q, idx = native_backend.assign_gemm(x * scale, cb * scale)
     assert_exact(x * scale, cb * scale, q, idx)
 
 
 def test_mixed_dtypes_and_fp64():
     x, cb = offset_case(70, 1, 128, 90, 50.0, 0.1, seed=6, dtype=torch.float64)
     for xd, cd in ((torch.float64, torch.float64), (torch.bfloat16, torch.float32), (torch.float32, torch.float64)):
-        q, idx = gemm_assign(x.to(xd), cb.to(cd))
+        q, idx = native_backend.assign_gemm(x.to(xd), cb.to(cd))
         assert q.dtype == xd
         assert_exact(x.to(xd), cb.to(cd), q, idx)
 
 
-def test_large_d_exact_ties_pick_lowest_index():
+def test_gemm_path_exact_ties_pick_lowest_index():
     x, cb = random_case(300, 2, 128, 9, integer=True, seed=1)
     cb[:, 5:] = cb[:, 1:2].clone()  # duplicates of code 1: index 1 must win every tie
     q, idx = pqgan_kernels.pq_assign(x, cb, backend="cpu")
@@ -99,7 +96,7 @@ def test_many_near_ties_fall_back_to_an_exact_scan():
     x, cb = random_case(140, 1, 128, 300, integer=True, seed=2)
     cb[0, 40:] = cb[0, 7:8].clone()
     x[:70] = cb[0, 7] + 0.5  # rows equidistant from 260 duplicates of code 7
-    q, idx = gemm_assign(x + 1e4, cb + 1e4)
+    q, idx = native_backend.assign_gemm(x + 1e4, cb + 1e4)
     assert_assignment(x + 1e4, cb + 1e4, q, idx, integer=True)
     assert bool((idx[:70] == 7).all())
 
@@ -111,8 +108,8 @@ def test_lower_matmul_precision_stays_exact():
     try:
         for precision, same in (("medium", "bf16"), ("high", "tf32")):
             torch.set_float32_matmul_precision(precision)
-            assert cpu_large_d.matmul_precision() in (precision, same)
-            q, idx = gemm_assign(x, cb)
+            assert native_backend.matmul_precision() in (precision, same)
+            q, idx = native_backend.assign_gemm(x, cb)
             assert_exact(x, cb, q, idx)
     finally:
         torch.set_float32_matmul_precision(before)
@@ -122,9 +119,9 @@ def test_thread_count_does_not_change_the_codes():
     from kernel_checks import torch_threads
     x, cb = offset_case(600, 1, 128, 260, 30.0, 0.5, seed=8)
     with torch_threads(1):
-        one = gemm_assign(x, cb)[1]
+        one = native_backend.assign_gemm(x, cb)[1]
     with torch_threads(2):
-        two = gemm_assign(x, cb)[1]
+        two = native_backend.assign_gemm(x, cb)[1]
     assert torch.equal(one, two)
 
 
@@ -133,19 +130,19 @@ def test_peak_memory_at_most_twice_the_output(centre):
     """No (N, K) buffer at any magnitude: every allocation of one call (outputs included) <= 2x the outputs."""
     N, K, d = 1024, 2048, 128
     x, cb = offset_case(N, 1, d, K, centre, 1.0, seed=9)
-    peak, method = peak_extra_bytes(lambda: gemm_assign(x, cb), "cpu")
+    peak, method = peak_extra_bytes(lambda: native_backend.assign_gemm(x, cb), "cpu")
     if peak is None:
         pytest.skip(method)
     output = N * d * 4 + N * 8
     assert 0 < peak <= 2 * output, (peak, output)
 
 
-def test_large_d_is_used_only_for_l2_and_large_d(monkeypatch):
+def test_gemm_path_is_used_only_for_l2_and_large_d(monkeypatch):
     calls = []
-    real = cpu_large_d.assign_l2
-    monkeypatch.setattr(cpu_large_d, "assign_l2", lambda *a: calls.append(a[1].shape) or real(*a))
-    big = (cpu_large_d.ALWAYS_D, 4), (cpu_large_d.LARGE_D, cpu_large_d.MIN_CODES)
-    small = (cpu_large_d.LARGE_D, cpu_large_d.MIN_CODES - 1), (cpu_large_d.LARGE_D - 1, 2 * cpu_large_d.MIN_CODES)
+    real = native_backend.assign_gemm
+    monkeypatch.setattr(native_backend, "assign_gemm", lambda *a: calls.append(a[1].shape) or real(*a))
+    big = (GEMM_ALWAYS_D, 4), (GEMM_MIN_D, GEMM_MIN_CODES)
+    small = (GEMM_MIN_D, GEMM_MIN_CODES - 1), (GEMM_MIN_D - 1, 2 * GEMM_MIN_CODES)
     for d, K in big + small:
         x, cb = random_case(8, 1, d, K)
         pqgan_kernels.pq_assign(x, cb, backend="cpu")
