@@ -1,5 +1,5 @@
 // pq_assign_gemm (CPU): exact l2 assignment at GEMM speed, for large sub-dims (Python routes l2 with
-// d >= pqgan_kernels.cpu_large_d.LARGE_D here).
+// pqgan_kernels.native_backend.uses_gemm(d, K) here).
 //
 // The rounding bound is the one derived in pqgan_kernels/bound.py; Python passes its coefficient
 // (bound_coefficient(d, matmul precision, compute dtype)) so the constant lives in one place. Per subspace s:
