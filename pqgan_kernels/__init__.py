@@ -22,8 +22,10 @@ tests/test_cpu_large_d.py, tests/test_cuda_kernels.py (GPU); the oracle: tests/t
                       cpu        csrc/cpu/ops_cpu.cpp ``pq_assign_cpu`` (launcher, OpenMP tiles) over the micro-kernels
                                  of csrc/cpu/assign_kernel.h, compiled per ISA in assign_{generic,avx2,avx512}.cpp
                                  (declared in kernels.h); l2 where ``cpu_large_d.uses_gemm(d, K)``: ``cpu_large_d.py``
-                                 -> ``pqgan_native::pq_assign_gemm`` in csrc/cpu/assign_gemm.cpp (BLAS + exact
-                                 re-check within the bound of ``bound.py``); Python side ``native_backend.cpu_assign``
+                                 -> ``pqgan_native::pq_assign_gemm`` in csrc/cpu/assign_gemm.cpp (scores by
+                                 ``gemm_scan`` of csrc/cpu/assign_gemm_kernel.h in the AVX2/AVX-512 copies, else BLAS,
+                                 + exact re-check within the bound of ``bound.py``); Python side
+                                 ``native_backend.cpu_assign``
                       cuda       csrc/cuda/ops_cuda.cu ``assign_kernel``, launcher ``pq_assign_cuda``
     pq_codebook_grad  oracle     reference.pq_codebook_grad (also the backward of pq_assign, ops.py)
                       triton     triton_ema.py ``_scatter_kernel`` (WITH_COUNTS=False), launcher ``codebook_grad``

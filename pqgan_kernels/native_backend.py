@@ -7,8 +7,9 @@ and never raised.
 The "cpu" backend's assignment is routed here (``cpu_assign``): l2 where a GEMM beats the per-code direct-formula
 loop of the C++ kernel (``uses_gemm``: d >= 128, or d >= 64 with K >= 512 -- measured on the 2-core box, see
 benchmarks/bench_native_cpu.py) goes to ``pq_assign_gemm`` (csrc/cpu/assign_gemm.cpp). Per subspace it centres x
-and the codebook on the codebook mean, scores a_k = |c'_k|^2 - 2 x'.c'_k with BLAS tile by tile over K (no (N, K)
-buffer: extra memory is bounded by the outputs' size, see the C++ file), keeps every code within the rounding bound
+and the codebook on the codebook mean, scores a_k = |c'_k|^2 - 2 x'.c'_k tile by tile over K -- with a fused fp32
+kernel of our own on AVX2 / AVX-512 (csrc/cpu/assign_gemm_kernel.h), else with BLAS -- (no (N, K) buffer: extra
+memory is bounded by the outputs' size, see the C++ file), keeps every code within the rounding bound
 of ``bound.py`` of the row's best, and re-checks those with the oracle's direct formula (a row with too many
 near-ties is decided by a direct scan). The result equals a full direct scan at any magnitude of the data.
 Everything else (cosine, smaller d or K) goes to ``pq_assign``.
@@ -17,7 +18,7 @@ Native ops (schemas in ``csrc/native_ops.cpp``; CPU kernels in ``csrc/cpu/``, CU
     pq_assign(x (N, S*d), codebooks (S, K, d), cosine: bool) -> (quantized (N, S*d) x.dtype, indices (N, S) int64)
     pq_ema_stats(x (N, S*d), indices (N, S), num_codes)      -> (counts (S, K), sums (S, K, d))  fp32 / fp64
     pq_codebook_grad(grad (N, S*d), indices (N, S), num_codes) -> (S, K, d)                     fp32 / fp64
-    pq_assign_gemm(x, codebooks, bound_coefficient) -> like pq_assign (l2, CPU only; see ``assign_gemm``)
+    pq_assign_gemm(x, codebooks, bound_coefficient, blas=False) -> like pq_assign (l2, CPU only; see ``assign_gemm``)
 """
 from __future__ import annotations
 
@@ -32,6 +33,7 @@ BUILD_INFO = None
 GEMM_MIN_D = 64        # below this d the direct-formula kernel wins at every K measured
 GEMM_ALWAYS_D = 128    # from this d the GEMM path wins at every K measured
 GEMM_MIN_CODES = 512   # between the two, the GEMM path wins from this K on
+FULL_PRECISION = ("highest", "ieee")  # matmul precisions with fp32 multiplier inputs (bound.py's u_in = 0)
 
 
 def _register_fakes() -> None:
@@ -47,7 +49,7 @@ def _register_fakes() -> None:
     def grad_fake(grad, indices, num_codes):
         return codebook_grad_output(grad, indices, num_codes)
 
-    def assign_gemm_fake(x, codebooks, bound_coefficient):
+    def assign_gemm_fake(x, codebooks, bound_coefficient, blas=False):
         return assign_outputs(x, codebooks)
 
     for name, fn in (("pq_assign", assign_fake), ("pq_ema_stats", stats_fake), ("pq_codebook_grad", grad_fake),
@@ -86,11 +88,19 @@ def matmul_precision() -> str:
         return "medium"
 
 
-def assign_gemm(x: torch.Tensor, codebooks: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def assign_gemm(x: torch.Tensor, codebooks: torch.Tensor, blas: bool | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """The GEMM path, whatever d and K: x (N, S*d), codebooks (S, K, d) -> (quantized (N, S*d) x.dtype, indices
-    (N, S) int64), exact l2."""
-    coefficient = bound_coefficient(codebooks.shape[2], matmul_precision(), compute_dtype(x, codebooks))
-    return torch.ops.pqgan_native.pq_assign_gemm(x, codebooks, coefficient)
+    (N, S) int64), exact l2.
+
+    blas: score with torch's BLAS (at its fp32 matmul precision) instead of the fused fp32 kernel of the AVX2 /
+    AVX-512 copies (which the baseline copy and fp64 compute lack, and use BLAS anyway); None: BLAS only where the
+    matmul precision is lowered (oneDNN's bf16 then runs at twice the fp32 rate on the 2-core AVX-512 box).
+    """
+    precision = matmul_precision()
+    coefficient = bound_coefficient(codebooks.shape[2], precision, compute_dtype(x, codebooks))
+    if blas is None:
+        blas = precision not in FULL_PRECISION
+    return torch.ops.pqgan_native.pq_assign_gemm(x, codebooks, coefficient, blas)
 
 
 def cpu_assign(x: torch.Tensor, codebooks: torch.Tensor, distance: str = "l2") -> tuple[torch.Tensor, torch.Tensor]:

@@ -11,6 +11,7 @@
 #define PQ_KERNEL_NS avx2
 #define PQ_KERNEL_AVX2 1
 #include "cpu/assign_kernel.h"
+#include "cpu/assign_gemm_kernel.h"
 #pragma GCC pop_options
 
 namespace pqgan {

@@ -12,6 +12,7 @@
 #define PQ_VEC_BYTES 64
 #define PQ_KERNEL_AVX512 1
 #include "cpu/assign_kernel.h"
+#include "cpu/assign_gemm_kernel.h"
 #pragma GCC pop_options
 
 namespace pqgan {

@@ -6,20 +6,28 @@
 //   1. centre: m = mean of the codebook when it lies away from the origin (|m| > max_k |c_k - m|), else m = 0
 //      (bound.py holds for any centre; m = 0 leaves the codes in place); x' = fl(x - m), c'_k = fl(c_k - m);
 //      Rc = max_k |c'_k|;
-//   2. approximate scores a_k = |c'_k|^2 - 2 x'.c'_k by BLAS (at::addmm_out, which honours torch's fp32 matmul
-//      precision). A task is (s, block of R rows): it centres its rows once, then walks K in tiles of Kt codes
-//      (centred once per task when m != 0, ~256 KiB, kept in L2) and scores each tile against its rows, G <=
-//      kGroupRows at a time, so no (N, K) buffer exists and the codebook is read N / R times;
+//   2. approximate scores a_k = |c'_k|^2 - 2 x'.c'_k. A task is (s, block of R rows): it centres its rows once,
+//      then walks K in tiles of Kt codes (centred once per task when m != 0, ~256 KiB, kept in L2), so no (N, K)
+//      buffer exists and the codebook is read N / R times. The tiles are scored by
+//      - fused (fp32 compute on the AVX2 / AVX-512 copies, unless the caller asks for BLAS): gemm_scan of
+//        assign_gemm_kernel.h, a register-blocked fp32 FMA kernel (u_in = 0) that packs the task's rows into
+//        panels once, reads the codes in place and compares the scores with the rows' thresholds in registers;
+//        only blocks with a score within a row's threshold reach the candidate lists (take_block), so there is
+//        no score tile and R is limited only by the workspace cap;
+//      - BLAS (the baseline copy, fp64 compute, or a lowered fp32 matmul precision, which the caller's bound
+//        coefficient accounts for): at::addmm_out per group of G <= kGroupRows rows into a (G, Kt) score tile,
+//        scanned by Candidates::offer;
 //   3. per row keep the running best approximate score and every code with a_k <= best + B,
 //      B = coefficient * (|x'| + Rc)^2 (pruned as the best falls), at most kMaxCandidates of them;
 //   4. resolve with the oracle's direct formula sum_j (x_j - c_kj)^2 on the uncentred inputs: one candidate is the
 //      winner as it is, several are re-scored (smallest wins, ties -> lowest index), and a row whose list
 //      overflowed (many near-ties, e.g. quantised data far from the origin) or has no finite score is decided by a
 //      direct scan over all K codes. Every branch is exact; only the speed depends on the data.
-// Working memory (not proportional to N * K): per thread R centred rows + their candidate lists + one code tile
-// with its norms + a (G, Kt) score tile, R chosen so this stays within max(output bytes / threads,
-// kMinThreadBytes) unless one code tile and one row group alone need more (small N: about 0.6 MiB per thread
-// at d = 256); plus (S, d) means, (S, K) code norms and, for mixed dtypes, the codebook converted to the compute dtype.
+// Working memory (not proportional to N * K): per thread R centred rows (fused: in panels, with their thresholds)
+// + their candidate lists + one code tile with its norms (+ for BLAS a (G, Kt) score tile), R chosen so this stays
+// within max(output bytes / threads, kMinThreadBytes) unless one code tile and one row group alone need more (small
+// N: about 0.6 MiB per thread at d = 256); plus (S, d) means, (S, K) code norms, (S, K / kCentreChunk, d) partial
+// sums in double and, for mixed dtypes, the codebook converted to the compute dtype.
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 #include <torch/library.h>
@@ -33,6 +41,8 @@
 #include <vector>
 
 #include "checks.h"
+#include "cpu/assign_gemm_scan.h"
+#include "cpu/isa.h"
 
 namespace pqgan {
 namespace cpu {
@@ -45,6 +55,7 @@ constexpr int64_t kMinTileCodes = 16;     // ... with at least this many ...
 constexpr int64_t kMaxTileCodes = 512;    // ... and at most this many codes
 constexpr int kMaxCandidates = 16;        // per row; more -> the row is decided by a direct scan
 constexpr int64_t kMinThreadBytes = 256 << 10;  // workspace floor per thread (tiny outputs)
+constexpr int64_t kCentreChunk = 1024;          // codes per work unit of the centres' set-up
 
 // The oracle's formula sum_j (x_j - c_j)^2 in T (any summation order is covered by the bound).
 template <typename scalar_t, typename T>
@@ -171,9 +182,166 @@ struct Candidates {
   }
 };
 
-// x (N, S*d) scalar_t contiguous, cb (S, K, d) T contiguous, cbx (S, K, d) scalar_t (for quantized).
+// The row's code from its candidate list (step 4 of the header comment): exact in every branch.
 template <typename scalar_t, typename T>
-void assign_gemm_impl(const at::Tensor& x, const at::Tensor& cb, const at::Tensor& cbx, double coefficient,
+int64_t decide(Candidates<T>& c, const scalar_t* xr, const T* cbs, int64_t K, int64_t d) {
+  if (!c.overflow) c.prune();
+  if (c.overflow || c.count == 0) return direct_scan<scalar_t, T>(xr, cbs, K, d);
+  if (c.count == 1) return c.k[0];
+  T best = std::numeric_limits<T>::infinity();
+  int64_t k = c.k[0];
+  for (int i = 0; i < c.count; ++i) {  // ascending codes: strict < keeps the lowest index on ties
+    const T e = direct_l2<scalar_t, T>(xr, cbs + int64_t(c.k[i]) * d, d);
+    if (e < best) {
+      best = e;
+      k = c.k[i];
+    }
+  }
+  return k;
+}
+
+// Per subspace (step 1): the centre m (S, d) (zero where the codes are used in place), Rc, whether the subspace is
+// centred, and |c_k|^2 (S, K) (used where the codes are used in place).
+struct Centres {
+  at::Tensor means, in_place_norms;
+  std::vector<double> rc;
+  std::vector<char> centred;
+};
+
+template <typename T>
+Centres find_centres(const at::Tensor& cb) {
+  const int64_t S = cb.size(0), K = cb.size(1), d = cb.size(2);
+  const T* cbp = cb.data_ptr<T>();
+  Centres out{at::zeros({S, d}, cb.options()), at::empty({S, K}, cb.options()), std::vector<double>(S),
+              std::vector<char>(S)};
+  // bound.py holds for any centre: the codebook mean (accumulated in double) when the codebook lies away from the
+  // origin (|mean| > Rc about the mean), else 0 -- then the bound is at most ~4x wider, and the codes need no
+  // centred copy: the scorer reads them in place and their norms are computed once per call instead of once per task.
+  // Work units are (s, chunk of kCentreChunk codes), so a single codebook uses every thread too; the mean adds the
+  // units' sums in a fixed order (the same for any thread count).
+  const int64_t nchunks = (K + kCentreChunk - 1) / kCentreChunk, units = S * nchunks;
+  at::Tensor partial = at::empty({units, d}, cb.options().dtype(at::kDouble));  // per unit: sum of its codes
+  double* pp = partial.data_ptr<double>();
+  at::parallel_for(0, units, 1, [&](int64_t u0, int64_t u1) {
+    for (int64_t u = u0; u < u1; ++u) {
+      const int64_t s = u / nchunks, k0 = u % nchunks * kCentreChunk, k1 = std::min(K, k0 + kCentreChunk);
+      double* acc = pp + u * d;
+      std::fill(acc, acc + d, 0.0);
+      for (int64_t k = k0; k < k1; ++k)
+        for (int64_t j = 0; j < d; ++j) acc[j] += static_cast<double>(cbp[(s * K + k) * d + j]);
+    }
+  });
+  std::vector<T> mean(S * d);
+  for (int64_t s = 0; s < S; ++s)
+    for (int64_t j = 0; j < d; ++j) {
+      double sum = 0;
+      for (int64_t c = 0; c < nchunks; ++c) sum += pp[(s * nchunks + c) * d + j];
+      mean[s * d + j] = static_cast<T>(sum / static_cast<double>(K));
+    }
+  // squared radii in T (8 partial sums, vectorised): the bound's generous constant covers their rounding; per unit
+  // the largest about the mean and about the origin (|c_k|^2, kept as the codes' norms: any summation order)
+  const std::vector<T> origin(d, T(0));
+  std::vector<T> r2max(units, T(0)), r2max_origin(units, T(0));
+  T* inp = out.in_place_norms.data_ptr<T>();
+  at::parallel_for(0, units, 1, [&](int64_t u0, int64_t u1) {
+    for (int64_t u = u0; u < u1; ++u) {
+      const int64_t s = u / nchunks, k0 = u % nchunks * kCentreChunk, k1 = std::min(K, k0 + kCentreChunk);
+      for (int64_t k = k0; k < k1; ++k) {
+        const T* c = cbp + (s * K + k) * d;
+        inp[s * K + k] = direct_l2<T, T>(c, origin.data(), d);
+        r2max[u] = std::max(r2max[u], direct_l2<T, T>(c, mean.data() + s * d, d));
+        r2max_origin[u] = std::max(r2max_origin[u], inp[s * K + k]);
+      }
+    }
+  });
+  T* mp = out.means.data_ptr<T>();
+  for (int64_t s = 0; s < S; ++s) {
+    T r2 = 0, r2_origin = 0;
+    for (int64_t c = 0; c < nchunks; ++c) {
+      r2 = std::max(r2, r2max[s * nchunks + c]);
+      r2_origin = std::max(r2_origin, r2max_origin[s * nchunks + c]);
+    }
+    out.centred[s] = direct_l2<T, T>(mean.data() + s * d, origin.data(), d) > r2;
+    if (out.centred[s]) std::copy(mean.begin() + s * d, mean.begin() + (s + 1) * d, mp + s * d);
+    out.rc[s] = std::sqrt(static_cast<double>(out.centred[s] ? r2 : r2_origin));
+  }
+  return out;
+}
+
+// Task sizes: R rows per task (the codebook is read N / R times), code tiles of Kt codes, and for BLAS groups of
+// G rows per call. fused: the scorer is gemm_scan (no score tile; R a multiple of kGemmPanelRows).
+struct Blocking {
+  int64_t R, Kt, G;
+};
+
+template <typename T>
+Blocking blocking(int64_t N, int64_t S, int64_t K, int64_t d, int64_t budget, int64_t nthreads, bool fused) {
+  constexpr int64_t t = sizeof(T);
+  // about 4 tasks per thread when N allows (a descheduled thread on a shared machine then holds up little)
+  const int64_t tasks_wanted = (4 * nthreads + S - 1) / S;
+  const int64_t rows_wanted = (N + tasks_wanted - 1) / tasks_wanted;
+  if (fused) {  // per row: its panel column, threshold and candidate list; fixed: a centred code tile + norms
+    const int64_t per_row = (d + 1) * t + int64_t(sizeof(Candidates<T>));
+    int64_t Kt = std::min(kTileBytes / (d * t), budget / 2 / ((d + 1) * t));
+    Kt = std::min(K, std::max(kGemmCodeBlock, Kt / kGemmCodeBlock * kGemmCodeBlock));
+    const int64_t P = kGemmPanelRows;
+    int64_t R = std::max(P, (budget - Kt * (d + 1) * t) / per_row / P * P);
+    R = std::min({R, (rows_wanted + P - 1) / P * P, (N + P - 1) / P * P});
+    return {R, Kt, 0};
+  }
+  const int64_t per_row = d * t + int64_t(sizeof(Candidates<T>));
+  // rows per BLAS call: as many as half the budget holds (their centred rows and candidate lists), within bounds
+  const int64_t G = std::min({kGroupRows, N, std::max(kMinGroupRows, budget / 2 / per_row / 16 * 16)});
+  // code tile (Kt, d) + norms + (G, Kt) scores within half the budget and about kTileBytes of codes
+  int64_t Kt = std::min(kTileBytes / (d * t), budget / 2 / ((d + 1 + G) * t));
+  Kt = std::min(K, std::max(kMinTileCodes, std::min(kMaxTileCodes, Kt / kMinTileCodes * kMinTileCodes)));
+  const int64_t fixed = (Kt * (d + 1) + G * Kt) * t;
+  int64_t R = std::max<int64_t>(G, (budget - fixed) / per_row / G * G);
+  // but at least one BLAS group of rows per task
+  R = std::min(R, std::max(G, rows_wanted));
+  return {std::max<int64_t>(1, std::min(R, N)), Kt, G};
+}
+
+// gemm_scan's hit callback: a register block's scores (ncodes, rows) offered to the rows' candidate lists code by
+// code in ascending order (as Candidates::offer does), then the rows' thresholds refreshed (-inf once a list
+// overflowed: that row is decided by a direct scan and needs no more scores).
+struct FusedRows {
+  Candidates<float>* cand;
+  float* thr;
+  int64_t rows;  // the task's rows; panel rows beyond are padding
+};
+
+void take_block(void* ctx, const float* scores, int64_t row0, int64_t rows, uint32_t hits, int64_t code0,
+                int64_t ncodes) {
+  const FusedRows& f = *static_cast<const FusedRows*>(ctx);
+  for (; hits != 0; hits &= hits - 1) {
+    const int r = __builtin_ctz(hits);
+    if (row0 + r >= f.rows) break;
+    Candidates<float>& c = f.cand[row0 + r];
+    if (c.overflow) continue;
+    float thr = c.best + c.bound;
+    for (int64_t i = 0; i < ncodes && !c.overflow; ++i) c.take(scores[i * rows + r], code0 + i, thr);
+    f.thr[row0 + r] = c.overflow ? -std::numeric_limits<float>::infinity() : c.best + c.bound;
+  }
+}
+
+// The fused scorer of this process (AVX2 / AVX-512 copies; nullptr for the baseline ISA or other compilers).
+GemmScanFn fused_scanner() {
+#ifdef PQ_HAVE_GEMM_SCAN
+  switch (isa()) {
+    case Isa::avx512: return avx512::gemm_scan;
+    case Isa::avx2: return avx2::gemm_scan;
+    default: return nullptr;
+  }
+#else
+  return nullptr;
+#endif
+}
+
+// x (N, S*d) scalar_t contiguous, cb (S, K, d) T contiguous, cbx (S, K, d) scalar_t (for quantized).
+// blas: score with at::addmm_out even where the fused fp32 kernel (gemm_scan) exists.
+template <typename scalar_t, typename T>
+void assign_gemm_impl(const at::Tensor& x, const at::Tensor& cb, const at::Tensor& cbx, double coefficient, bool blas,
                       at::Tensor& quantized, at::Tensor& indices) {
   const int64_t N = x.size(0), S = cb.size(0), K = cb.size(1), d = cb.size(2), D = S * d;
   const scalar_t* xp = x.data_ptr<scalar_t>();
@@ -181,68 +349,25 @@ void assign_gemm_impl(const at::Tensor& x, const at::Tensor& cb, const at::Tenso
   const scalar_t* cbxp = cbx.data_ptr<scalar_t>();
   scalar_t* qp = quantized.data_ptr<scalar_t>();
   int64_t* ip = indices.data_ptr<int64_t>();
+  const Centres centres = find_centres<T>(cb);
+  const T* mp = centres.means.data_ptr<T>();
+  const T* inp = centres.in_place_norms.data_ptr<T>();
+  const GemmScanFn scan = std::is_same<T, float>::value && !blas ? fused_scanner() : nullptr;
 
-  // Per subspace: the centre m and Rc = max_k |fl(c_k - m)|. bound.py holds for any centre: the codebook mean
-  // (accumulated in double) when the codebook lies away from the origin (|mean| > Rc about the mean), else 0 --
-  // then the bound is at most ~4x wider, and the codes need no centred copy: the BLAS reads them in place and
-  // their norms |c_k|^2 (S, K) are computed once per call instead of once per task.
-  at::Tensor means = at::zeros({S, d}, cb.options());
-  T* mp = means.data_ptr<T>();
-  std::vector<double> rc(S);
-  std::vector<char> centred(S);
-  const std::vector<T> origin(d, T(0));
-  at::parallel_for(0, S, 1, [&](int64_t s0, int64_t s1) {
-    std::vector<double> acc(d);
-    std::vector<T> mean(d);
-    for (int64_t s = s0; s < s1; ++s) {
-      std::fill(acc.begin(), acc.end(), 0.0);
-      const T* c = cbp + s * K * d;
-      for (int64_t k = 0; k < K; ++k)
-        for (int64_t j = 0; j < d; ++j) acc[j] += static_cast<double>(c[k * d + j]);
-      for (int64_t j = 0; j < d; ++j) mean[j] = static_cast<T>(acc[j] / static_cast<double>(K));
-      // squared radii in T (8 partial sums, vectorised): the bound's generous constant covers their rounding
-      const T mean2 = direct_l2<T, T>(mean.data(), origin.data(), d);
-      T r2max = 0, r2max_origin = 0;
-      for (int64_t k = 0; k < K; ++k) {
-        r2max = std::max(r2max, direct_l2<T, T>(c + k * d, mean.data(), d));
-        r2max_origin = std::max(r2max_origin, direct_l2<T, T>(c + k * d, origin.data(), d));
-      }
-      centred[s] = mean2 > r2max;
-      if (centred[s]) std::copy(mean.begin(), mean.end(), mp + s * d);
-      rc[s] = std::sqrt(static_cast<double>(centred[s] ? r2max : r2max_origin));
-    }
-  });
-  // |c_k|^2 of the subspaces used in place (zero elsewhere, unused), in T, any summation order (bound.py)
-  at::Tensor in_place_norms = at::zeros({S, K}, cb.options());
-  T* inp = in_place_norms.data_ptr<T>();
-  at::parallel_for(0, S * K, 1024, [&](int64_t i0, int64_t i1) {
-    for (int64_t i = i0; i < i1; ++i)
-      if (!centred[i / K]) inp[i] = direct_l2<T, T>(cbp + i * d, origin.data(), d);
-  });
-
-  // Tasks are (s, block of R rows). A task centres its rows once (xc), then walks K in code tiles of Kt codes
-  // (centred once per task, kept in L2) and scores them against its rows G at a time. R is as large as
-  // the workspace cap allows, so the codebook is read N / R times, not N / G times.
+  // Tasks are (s, block of R rows). A task centres its rows once, then walks K in code tiles of Kt codes
+  // (centred once per task, kept in L2) and scores them against its rows. R is as large as the workspace cap
+  // allows, so the codebook is read N / R times.
   const int64_t nthreads_max = std::max<int64_t>(1, at::get_num_threads());
   const int64_t out_bytes = quantized.numel() * quantized.element_size() + indices.numel() * 8;
   const int64_t budget = std::max(kMinThreadBytes, out_bytes / nthreads_max);  // bytes per thread
-  const int64_t per_row = d * int64_t(sizeof(T)) + int64_t(sizeof(Candidates<T>));
-  // rows per BLAS call: as many as half the budget holds (their centred rows and candidate lists), within bounds
-  const int64_t G = std::min({kGroupRows, N, std::max(kMinGroupRows, budget / 2 / per_row / 16 * 16)});
-  // code tile (Kt, d) + norms + (G, Kt) scores within half the budget and about kTileBytes of codes
-  int64_t Kt = std::min(kTileBytes / (d * int64_t(sizeof(T))), budget / 2 / ((d + 1 + G) * int64_t(sizeof(T))));
-  Kt = std::min(K, std::max(kMinTileCodes, std::min(kMaxTileCodes, Kt / kMinTileCodes * kMinTileCodes)));
-  const int64_t fixed = (Kt * (d + 1) + G * Kt) * int64_t(sizeof(T));
-  int64_t R = std::max<int64_t>(G, (budget - fixed) / per_row / G * G);
-  // about 4 tasks per thread when N allows (a descheduled thread on a shared machine then holds up little),
-  // but at least one BLAS group of rows per task
-  const int64_t tasks_wanted = (4 * nthreads_max + S - 1) / S;
-  R = std::min(R, std::max(G, (N + tasks_wanted - 1) / tasks_wanted));
-  R = std::max<int64_t>(1, std::min(R, N));
+  const Blocking b = blocking<T>(N, S, K, d, budget, nthreads_max, scan != nullptr);
+  const int64_t R = b.R, Kt = b.Kt, G = b.G;
   const int64_t nblocks = (N + R - 1) / R;
   const int64_t ntasks = nblocks * S;
   const int64_t nthreads = std::min(nthreads_max, ntasks);
-  const int64_t ws_floats = R * d + Kt * (d + 1) + std::min(G, R) * Kt;
+  // per thread: rows (R, d) centred (BLAS) or their panels + thresholds (fused), the code tile (Kt, d) + norms,
+  // and for BLAS a (G, Kt) score tile
+  const int64_t ws_floats = scan ? R * (d + 1) + Kt * (d + 1) : R * d + Kt * (d + 1) + std::min(G, R) * Kt;
   at::Tensor workspace = at::empty({nthreads, ws_floats}, cb.options());
   static_assert(std::is_trivially_copyable<Candidates<T>>::value, "Candidates lives in a byte tensor");
   at::Tensor cand_bytes = at::empty({nthreads * R * int64_t(sizeof(Candidates<T>))}, x.options().dtype(at::kByte));
@@ -250,10 +375,11 @@ void assign_gemm_impl(const at::Tensor& x, const at::Tensor& cb, const at::Tenso
 
   std::atomic<int64_t> next{0};
   at::parallel_for(0, nthreads, 1, [&](int64_t tid, int64_t) {
-    T* xc = workspace.data_ptr<T>() + tid * ws_floats;
-    T* cc = xc + R * d;
+    T* xc = workspace.data_ptr<T>() + tid * ws_floats;  // BLAS: (R, d) rows; fused: (R / 32, d, 32) panels
+    T* thr = xc + R * d;                                 // fused: (R) thresholds
+    T* cc = scan ? thr + R : xc + R * d;                 // the code tile (Kt, d)
     T* n2 = cc + Kt * d;
-    T* sc = n2 + Kt;
+    T* sc = n2 + Kt;                                     // BLAS: the (G, Kt) scores
     Candidates<T>* cand = cand_all + tid * R;
     const auto opts = cb.options();
     for (int64_t t = next.fetch_add(1); t < ntasks; t = next.fetch_add(1)) {
@@ -263,18 +389,37 @@ void assign_gemm_impl(const at::Tensor& x, const at::Tensor& cb, const at::Tenso
       const T* cbs = cbp + s * K * d;
       for (int64_t r = 0; r < rows; ++r) {
         const scalar_t* src = xp + (n0 + r) * D + s * d;
+        T* row = scan ? cc : xc + r * d;  // fused: centred into the free code tile, then into its panel column
         // |x'| from the rounded centred values; the bound's generous constant covers this norm's own rounding
-        const double span = std::sqrt(static_cast<double>(centre_row(src, m, d, xc + r * d))) + rc[s];
+        const double span = std::sqrt(static_cast<double>(centre_row(src, m, d, row))) + centres.rc[s];
         cand[r].reset(static_cast<T>(coefficient * span * span));
+        if (scan) {
+          T* column = xc + r / kGemmPanelRows * d * kGemmPanelRows + r % kGemmPanelRows;
+          for (int64_t j = 0; j < d; ++j) column[j * kGemmPanelRows] = row[j];
+          thr[r] = cand[r].best + cand[r].bound;
+        }
       }
+      if (scan)  // padding rows of the last panel: zero, never a hit
+        for (int64_t r = rows; r < (rows + kGemmPanelRows - 1) / kGemmPanelRows * kGemmPanelRows; ++r) {
+          T* column = xc + r / kGemmPanelRows * d * kGemmPanelRows + r % kGemmPanelRows;
+          for (int64_t j = 0; j < d; ++j) column[j * kGemmPanelRows] = 0;
+          thr[r] = -std::numeric_limits<T>::infinity();
+        }
       for (int64_t k0 = 0; k0 < K; k0 += Kt) {
         const int64_t kt = std::min(Kt, K - k0);
         const T* codes = cbs + k0 * d;
         const T* norms_p = inp + s * K + k0;
-        if (centred[s]) {
+        if (centres.centred[s]) {
           for (int64_t i = 0; i < kt; ++i) n2[i] = centre_row(cbs + (k0 + i) * d, m, d, cc + i * d);
           codes = cc;
           norms_p = n2;
+        }
+        if constexpr (std::is_same<T, float>::value) {
+          if (scan) {
+            FusedRows hits{cand, thr, rows};
+            scan(xc, (rows + kGemmPanelRows - 1) / kGemmPanelRows, d, codes, norms_p, kt, k0, thr, take_block, &hits);
+            continue;
+          }
         }
         const at::Tensor norms = at::from_blob(const_cast<T*>(norms_p), {1, kt}, opts);
         const at::Tensor codesT = at::from_blob(const_cast<T*>(codes), {kt, d}, opts).t();
@@ -287,25 +432,8 @@ void assign_gemm_impl(const at::Tensor& x, const at::Tensor& cb, const at::Tenso
         }
       }
       for (int64_t r = 0; r < rows; ++r) {
-        Candidates<T>& c = cand[r];
         const scalar_t* xr = xp + (n0 + r) * D + s * d;
-        int64_t k;
-        if (!c.overflow) c.prune();
-        if (c.overflow || c.count == 0) {
-          k = direct_scan<scalar_t, T>(xr, cbs, K, d);
-        } else if (c.count == 1) {
-          k = c.k[0];
-        } else {
-          T best = std::numeric_limits<T>::infinity();
-          k = c.k[0];
-          for (int i = 0; i < c.count; ++i) {  // ascending codes: strict < keeps the lowest index on ties
-            const T e = direct_l2<scalar_t, T>(xr, cbs + int64_t(c.k[i]) * d, d);
-            if (e < best) {
-              best = e;
-              k = c.k[i];
-            }
-          }
-        }
+        const int64_t k = decide<scalar_t, T>(cand[r], xr, cbs, K, d);
         ip[(n0 + r) * S + s] = k;
         std::memcpy(qp + (n0 + r) * D + s * d, cbxp + (s * K + k) * d, d * sizeof(scalar_t));
       }
@@ -314,7 +442,7 @@ void assign_gemm_impl(const at::Tensor& x, const at::Tensor& cb, const at::Tenso
 }
 
 std::tuple<at::Tensor, at::Tensor> pq_assign_gemm_cpu(const at::Tensor& x_in, const at::Tensor& codebooks,
-                                                      double bound_coefficient) {
+                                                      double bound_coefficient, bool blas) {
   check_assign_args(x_in, codebooks);
   TORCH_CHECK_VALUE(x_in.device().is_cpu(), "pq_assign_gemm (cpu): tensors must be on the CPU, got ",
                     x_in.device());
@@ -328,8 +456,8 @@ std::tuple<at::Tensor, at::Tensor> pq_assign_gemm_cpu(const at::Tensor& x_in, co
   at::Tensor quantized = at::empty_like(x);
   at::Tensor indices = at::empty({N, S}, x.options().dtype(at::kLong));
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "pq_assign_gemm_cpu", [&] {
-    if (ct == at::kDouble) assign_gemm_impl<scalar_t, double>(x, cb, cbx, bound_coefficient, quantized, indices);
-    else assign_gemm_impl<scalar_t, float>(x, cb, cbx, bound_coefficient, quantized, indices);
+    if (ct == at::kDouble) assign_gemm_impl<scalar_t, double>(x, cb, cbx, bound_coefficient, blas, quantized, indices);
+    else assign_gemm_impl<scalar_t, float>(x, cb, cbx, bound_coefficient, blas, quantized, indices);
   });
   return {quantized, indices};
 }

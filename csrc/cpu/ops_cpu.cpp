@@ -21,6 +21,7 @@
 #include <vector>
 
 #include "checks.h"
+#include "cpu/isa.h"
 #include "cpu/kernels.h"
 
 namespace pqgan {
@@ -31,21 +32,6 @@ constexpr int64_t kBlockRows = 64;  // rows per task (a multiple of kTileRows)
 constexpr int64_t kStatChunk = 16;      // coordinates per scatter work unit
 constexpr int64_t kStatParts = 8;       // at most this many row parts (partial sums) ...
 constexpr int64_t kStatPartRows = 1024; // ... of at least this many rows
-
-// The widest copy this CPU runs: "avx512", "avx2" or "generic"; PQGAN_CPU_ISA=generic|avx2|avx512 caps it (read
-// once per process; used by the tests and to compare the copies).
-enum class Isa { generic, avx2, avx512 };
-Isa isa() {
-  static const Isa value = [] {
-    Isa best = have_avx512() ? Isa::avx512 : have_avx2() ? Isa::avx2 : Isa::generic;
-    const char* env = std::getenv("PQGAN_CPU_ISA");
-    const std::string cap = env == nullptr ? "" : env;
-    if (cap == "generic") return Isa::generic;
-    if (cap == "avx2" && best == Isa::avx512) return Isa::avx2;
-    return best;
-  }();
-  return value;
-}
 
 std::string cpu_isa() {
   switch (isa()) {

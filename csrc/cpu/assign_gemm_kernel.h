@@ -1,0 +1,90 @@
+// The fused score-and-scan kernel of the GEMM path (declared in assign_gemm_scan.h, which states the shapes):
+// scores a = |c|^2 - 2 x.c of a register block of rows x codes, compared with the rows' thresholds in registers.
+//
+// Compiled by the AVX2 and AVX-512 copies (assign_avx2.cpp / assign_avx512.cpp) right after assign_kernel.h, whose
+// vector helpers it uses, under the same target pragma and namespace PQ_KERNEL_NS; torch-free and without
+// out-of-line library code for the same reason as assign_kernel.h.
+//
+// Register block: kScanVecs row vectors (lane = row: 32 rows on AVX-512, 16 on AVX2) x kScanCodes codes, one
+// accumulator each (24 of the 32 zmm registers, 12 of the 16 ymm). Per coordinate j: kScanVecs loads of the row
+// panel, one broadcast per code, kScanVecs * kScanCodes FMAs. The dot products are fp32 with one rounding per
+// fused multiply-add, in order j = 0 .. d - 1 (bound.py's u_in = 0 and any summation order). A block's scores are
+// fl(|c|^2 - 2 acc) (2 acc is exact), their per-row minimum is compared with the row's threshold, and only a block
+// with a score <= threshold is stored and handed to the caller. Loop order: code block outer (its kScanCodes code
+// rows stay in L1), row panels inner (streamed from L2), so each row sees its codes in ascending order.
+#pragma once
+#include <cstdint>
+
+#include "cpu/assign_gemm_scan.h"
+
+#ifndef PQ_HAVE_VMIN_ISA
+#error "include assign_kernel.h of an AVX2 / AVX-512 copy before assign_gemm_kernel.h"
+#endif
+
+namespace pqgan {
+namespace cpu {
+namespace PQ_KERNEL_NS {
+
+constexpr int kScanVecs = 2;                           // row vectors per register block
+constexpr int kScanCodes = PQ_VEC_BYTES == 64 ? 12 : 6;  // codes per register block
+static_assert(kGemmCodeBlock % kScanCodes == 0, "tiles of kGemmCodeBlock codes hold whole register blocks");
+static_assert(kGemmPanelRows % (kScanVecs * Vec<float>::W) == 0, "a panel holds whole register blocks");
+static_assert(kScanVecs * Vec<float>::W <= 32, "a register block's rows are one 32-bit hit mask");
+
+// One register block: rows row0 .. row0 + kScanVecs * W - 1 (xp: their panel columns, stride kGemmPanelRows per
+// coordinate) against NR codes (code: NR rows of d, norms: NR values).
+template <int NR>
+static inline void scan_block(const float* xp, int64_t d, const float* code, const float* norms, const float* thr,
+                              int64_t row0, int64_t code0, GemmHitFn hit, void* ctx) {
+  using V = Vec<float>::V;
+  constexpr int W = Vec<float>::W;
+  constexpr int MV = kScanVecs;
+  constexpr int ROWS = MV * W;
+  V acc[NR][MV];
+  for (int i = 0; i < NR; ++i)
+    for (int v = 0; v < MV; ++v) acc[i][v] = splat<float>(0.f);
+  for (int64_t j = 0; j < d; ++j) {
+    V xv[MV];
+    for (int v = 0; v < MV; ++v) xv[v] = load<float>(xp + j * kGemmPanelRows + v * W);
+    for (int i = 0; i < NR; ++i) {
+      const V c = splat<float>(code[i * d + j]);
+      for (int v = 0; v < MV; ++v) acc[i][v] += xv[v] * c;
+    }
+  }
+  // scores in place, and their per-row minimum (vminps keeps the second operand where the first is NaN)
+  V low[MV];
+  for (int v = 0; v < MV; ++v) low[v] = splat<float>(__builtin_inff());
+  for (int i = 0; i < NR; ++i) {
+    const V n = splat<float>(norms[i]);
+    for (int v = 0; v < MV; ++v) {
+      acc[i][v] = n - 2.f * acc[i][v];
+      low[v] = vmin_isa(acc[i][v], low[v]);
+    }
+  }
+  uint32_t hits = 0;  // bit r: row row0 + r has a score <= its threshold
+  for (int v = 0; v < MV; ++v) hits |= lanes_le(low[v], load<float>(thr + v * W)) << (v * W);
+  if (hits == 0) return;
+  float scores[NR * ROWS];
+  for (int i = 0; i < NR; ++i)
+    for (int v = 0; v < MV; ++v) __builtin_memcpy(scores + i * ROWS + v * W, &acc[i][v], sizeof(V));
+  hit(ctx, scores, row0, ROWS, hits, code0, NR);
+}
+
+void gemm_scan(const float* panels, int64_t npanels, int64_t d, const float* codes, const float* norms, int64_t kt,
+               int64_t code0, float* thr, GemmHitFn hit, void* ctx) {
+  constexpr int64_t ROWS = kScanVecs * Vec<float>::W;
+  const int64_t rows = npanels * kGemmPanelRows;
+  int64_t k = 0;
+  for (; k + kScanCodes <= kt; k += kScanCodes)
+    for (int64_t r0 = 0; r0 < rows; r0 += ROWS)
+      scan_block<kScanCodes>(panels + r0 / kGemmPanelRows * d * kGemmPanelRows + r0 % kGemmPanelRows, d,
+                             codes + k * d, norms + k, thr + r0, r0, code0 + k, hit, ctx);
+  for (; k < kt; ++k)  // the tile's last codes, one at a time
+    for (int64_t r0 = 0; r0 < rows; r0 += ROWS)
+      scan_block<1>(panels + r0 / kGemmPanelRows * d * kGemmPanelRows + r0 % kGemmPanelRows, d, codes + k * d,
+                    norms + k, thr + r0, r0, code0 + k, hit, ctx);
+}
+
+}  // namespace PQ_KERNEL_NS
+}  // namespace cpu
+}  // namespace pqgan
