@@ -1,5 +1,7 @@
-"""The CPU backend's GEMM path for l2 with large d (``native_backend.assign_gemm`` -> ``pq_assign_gemm``: BLAS on
-centred data + bounded exact re-check) and its routing (``native_backend.uses_gemm``).
+"""The CPU backend's GEMM path for l2 with large d (``native_backend.assign_gemm`` -> ``pq_assign_gemm``: scores of
+centred data by the fused fp32 kernel of the AVX2 / AVX-512 copies or by BLAS + bounded exact re-check) and its
+routing (``native_backend.uses_gemm``). Both scorers end in the same direct-formula decision, so their indices must
+be equal on every input (``blas=True`` forces BLAS; on the baseline copy both calls use it).
 
 Exactness is judged against fp64 distances of the inputs as the kernel received them: a row whose best and
 second-best fp64 distances differ by more than the direct formula's fp32 rounding (``TIE_FACTOR * (d + 2) * u *
@@ -58,15 +60,83 @@ def test_gemm_path_matches_oracle(N, S, d, K, dtype):
     assert_exact(x, cb, q, idx)
 
 
+def assert_scorers_agree(x, cb):
+    """The fused scorer and BLAS give the same indices, and those are exact; returns the fraction of clear rows."""
+    q, idx = native_backend.assign_gemm(x, cb, blas=False)
+    assert torch.equal(idx, native_backend.assign_gemm(x, cb, blas=True)[1])
+    return assert_exact(x, cb, q, idx)
+
+
 @pytest.mark.parametrize("centre,spread", [(10.0, 1.0), (100.0, 0.05), (1e3, 1e-3), (1e4, 1.0), (1e4, 1e-3),
                                            (-300.0, 0.3)])
 @pytest.mark.parametrize("d", [9, 128])
 def test_offset_data_is_exact(centre, spread, d):
     """Latents away from the origin: the uncentred expansion loses the winner to cancellation; centred must not.
-    N and K are not multiples of the row group (128) / code tile sizes, so tails of both are covered."""
+    N and K are not multiples of the row group (128), the row panel (32) or the code tiles / register blocks, so
+    tails of all are covered."""
     x, cb = offset_case(300, 2, d, 700, centre, spread, seed=int(centre) % 97 + d)
-    q, idx = native_backend.assign_gemm(x, cb)
-    assert_exact(x, cb, q, idx)
+    assert_scorers_agree(x, cb)
+
+
+@pytest.mark.parametrize("centre", [0.0, 100.0, 1e4])
+@pytest.mark.parametrize("d", [64, 129, 200])
+def test_fused_scorer_tails_are_exact(centre, d):
+    """d not a multiple of the vector width, N = 75 (two 32-row panels + 11 rows), K = 12 * 41 + 7 (a partial
+    register block at the end), in place (centre 0) and centred."""
+    x, cb = offset_case(75, 2, d, 499, centre, 1.0, seed=d)
+    assert_scorers_agree(x, cb)
+
+
+def test_winner_in_a_later_tile_within_the_bound():
+    """Rows whose two nearest codes are 1e-4 apart: below the error of the fp32 expansion (a plain fp32 x @ c^T
+    orders about half of these rows wrongly), above the direct formula's (about 1e-5), so only the re-check orders
+    them. One code sits in the first tile, the other in a later tile (codes 300..) or the partial block at the end
+    (600..604); each wins in half of the rows."""
+    g = torch.Generator().manual_seed(11)
+    N, d, K, gap, r2 = 40, 128, 605, 1e-4, 0.25
+    x = 4 * torch.randn(N, d, generator=g, dtype=torch.float64)
+    cb = 4 * torch.randn(1, K, d, generator=g, dtype=torch.float64)
+    late = torch.cat([torch.arange(300, 335), torch.arange(600, 605)])
+    sign = torch.tensor([1.0, -1.0]).repeat(N // 2)  # -1: the later code is nearer (604 in the last row)
+    for i in range(N):
+        u, v = torch.randn(2, d, generator=g, dtype=torch.float64)
+        cb[0, i] = x[i] + u * (r2 ** 0.5 / u.norm())
+        cb[0, late[i]] = x[i] + v * ((r2 + sign[i] * gap) ** 0.5 / v.norm())
+    x, cb = x.float(), cb.float()
+    assert assert_scorers_agree(x, cb) == 1.0  # every row clear: the oracle's code
+    idx = native_backend.assign_gemm(x, cb)[1][:, 0]
+    assert torch.equal(idx, torch.where(sign < 0, late, torch.arange(N)))
+
+
+def test_non_finite_rows_get_the_direct_scan_answer():
+    """x holding NaN / inf (value checks are the wrapper's, not the op's): such a row has no finite approximate
+    score and is decided by the direct scan, like the reference (code 0 here); the other rows are exact."""
+    x, cb = random_case(70, 2, 128, 300, seed=12)
+    x[3, 5], x[8, 130], x[9, :128] = float("nan"), float("inf"), float("-inf")
+    q, idx = native_backend.assign_gemm(x, cb, blas=False)
+    assert torch.equal(idx, native_backend.assign_gemm(x, cb, blas=True)[1])
+    assert torch.equal(idx, reference.pq_assign(x, cb)[1])
+
+
+def test_avx2_copy_of_the_fused_scorer():
+    """The AVX2 copy (16 x 6 register blocks) on an AVX-512 CPU, forced with PQGAN_CPU_ISA in a fresh process."""
+    if torch.ops.pqgan_native.cpu_isa() != "avx512":
+        pytest.skip("the default process already runs the widest copy this CPU has")
+    import os
+    import subprocess
+    import sys
+    code = """
+import torch, pqgan_kernels
+from test_cpu_assign_gemm import assert_scorers_agree, offset_case, test_winner_in_a_later_tile_within_the_bound
+assert torch.ops.pqgan_native.cpu_isa() == "avx2"
+for d, centre in ((64, 0.0), (129, 100.0), (200, 1e4)):
+    assert_scorers_agree(*offset_case(75, 2, d, 499, centre, 1.0, seed=d))
+test_winner_in_a_later_tile_within_the_bound()
+"""
+    env = dict(os.environ, PQGAN_CPU_ISA="avx2")
+    env["PYTHONPATH"] = os.pathsep.join([os.path.dirname(__file__), os.getcwd(), env.get("PYTHONPATH", "")])
+    result = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
 
 
 @pytest.mark.parametrize("scale", [1e-4, 1e-2, 1e2, 1e4])
@@ -96,9 +166,10 @@ def test_many_near_ties_fall_back_to_an_exact_scan():
     x, cb = random_case(140, 1, 128, 300, integer=True, seed=2)
     cb[0, 40:] = cb[0, 7:8].clone()
     x[:70] = cb[0, 7] + 0.5  # rows equidistant from 260 duplicates of code 7
-    q, idx = native_backend.assign_gemm(x + 1e4, cb + 1e4)
-    assert_assignment(x + 1e4, cb + 1e4, q, idx, integer=True)
-    assert bool((idx[:70] == 7).all())
+    for blas in (False, True):
+        q, idx = native_backend.assign_gemm(x + 1e4, cb + 1e4, blas)
+        assert_assignment(x + 1e4, cb + 1e4, q, idx, integer=True)
+        assert bool((idx[:70] == 7).all())
 
 
 def test_lower_matmul_precision_stays_exact():
@@ -125,12 +196,13 @@ def test_thread_count_does_not_change_the_codes():
     assert torch.equal(one, two)
 
 
+@pytest.mark.parametrize("blas", [False, True])
 @pytest.mark.parametrize("centre", [0.0, 100.0, 1e4])
-def test_peak_memory_at_most_twice_the_output(centre):
+def test_peak_memory_at_most_twice_the_output(centre, blas):
     """No (N, K) buffer at any magnitude: every allocation of one call (outputs included) <= 2x the outputs."""
     N, K, d = 1024, 2048, 128
     x, cb = offset_case(N, 1, d, K, centre, 1.0, seed=9)
-    peak, method = peak_extra_bytes(lambda: native_backend.assign_gemm(x, cb), "cpu")
+    peak, method = peak_extra_bytes(lambda: native_backend.assign_gemm(x, cb, blas), "cpu")
     if peak is None:
         pytest.skip(method)
     output = N * d * 4 + N * 8
