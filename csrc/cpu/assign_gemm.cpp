@@ -218,52 +218,57 @@ Centres find_centres(const at::Tensor& cb) {
   // origin (|mean| > Rc about the mean), else 0 -- then the bound is at most ~4x wider, and the codes need no
   // centred copy: the scorer reads them in place and their norms are computed once per call instead of once per task.
   // Work units are (s, chunk of kCentreChunk codes), so a single codebook uses every thread too; the mean adds the
-  // units' sums in a fixed order (the same for any thread count).
+  // units' sums in a fixed order (the same for any thread count). Squared radii are in T (8 partial sums,
+  // vectorised): the bound's generous constant covers their rounding, and |c_k|^2 are the codes' norms (any order).
   const int64_t nchunks = (K + kCentreChunk - 1) / kCentreChunk, units = S * nchunks;
+  const std::vector<T> origin(d, T(0));
   at::Tensor partial = at::empty({units, d}, cb.options().dtype(at::kDouble));  // per unit: sum of its codes
   double* pp = partial.data_ptr<double>();
-  at::parallel_for(0, units, 1, [&](int64_t u0, int64_t u1) {
-    for (int64_t u = u0; u < u1; ++u) {
-      const int64_t s = u / nchunks, k0 = u % nchunks * kCentreChunk, k1 = std::min(K, k0 + kCentreChunk);
-      double* acc = pp + u * d;
-      std::fill(acc, acc + d, 0.0);
-      for (int64_t k = k0; k < k1; ++k)
-        for (int64_t j = 0; j < d; ++j) acc[j] += static_cast<double>(cbp[(s * K + k) * d + j]);
+  T* inp = out.in_place_norms.data_ptr<T>();
+  std::vector<T> r2max(units, T(0)), r2max_origin(units, T(0));  // per unit: largest |c_k - m|^2, |c_k|^2
+  auto for_units = [&](auto&& body) {  // body(s, code range [k0, k1), unit)
+    at::parallel_for(0, units, 1, [&](int64_t u0, int64_t u1) {
+      for (int64_t u = u0; u < u1; ++u) {
+        const int64_t s = u / nchunks, k0 = u % nchunks * kCentreChunk;
+        body(s, k0, std::min(K, k0 + kCentreChunk), u);
+      }
+    });
+  };
+  for_units([&](int64_t s, int64_t k0, int64_t k1, int64_t u) {  // one sweep: sums and norms
+    double* acc = pp + u * d;
+    std::fill(acc, acc + d, 0.0);
+    for (int64_t k = k0; k < k1; ++k) {
+      const T* c = cbp + (s * K + k) * d;
+      for (int64_t j = 0; j < d; ++j) acc[j] += static_cast<double>(c[j]);
+      inp[s * K + k] = direct_l2<T, T>(c, origin.data(), d);
+      r2max_origin[u] = std::max(r2max_origin[u], inp[s * K + k]);
     }
   });
-  std::vector<T> mean(S * d);
-  for (int64_t s = 0; s < S; ++s)
+  std::vector<T> mean(S * d), mean2(S), r2_origin(S, T(0));
+  std::vector<char> maybe(S);  // |m| > max_k |c_k| / 2: else max_k |c_k - m| >= |m| and m = 0 is taken
+  for (int64_t s = 0; s < S; ++s) {
     for (int64_t j = 0; j < d; ++j) {
       double sum = 0;
       for (int64_t c = 0; c < nchunks; ++c) sum += pp[(s * nchunks + c) * d + j];
       mean[s * d + j] = static_cast<T>(sum / static_cast<double>(K));
     }
-  // squared radii in T (8 partial sums, vectorised): the bound's generous constant covers their rounding; per unit
-  // the largest about the mean and about the origin (|c_k|^2, kept as the codes' norms: any summation order)
-  const std::vector<T> origin(d, T(0));
-  std::vector<T> r2max(units, T(0)), r2max_origin(units, T(0));
-  T* inp = out.in_place_norms.data_ptr<T>();
-  at::parallel_for(0, units, 1, [&](int64_t u0, int64_t u1) {
-    for (int64_t u = u0; u < u1; ++u) {
-      const int64_t s = u / nchunks, k0 = u % nchunks * kCentreChunk, k1 = std::min(K, k0 + kCentreChunk);
-      for (int64_t k = k0; k < k1; ++k) {
-        const T* c = cbp + (s * K + k) * d;
-        inp[s * K + k] = direct_l2<T, T>(c, origin.data(), d);
-        r2max[u] = std::max(r2max[u], direct_l2<T, T>(c, mean.data() + s * d, d));
-        r2max_origin[u] = std::max(r2max_origin[u], inp[s * K + k]);
-      }
-    }
-  });
+    mean2[s] = direct_l2<T, T>(mean.data() + s * d, origin.data(), d);
+    for (int64_t c = 0; c < nchunks; ++c) r2_origin[s] = std::max(r2_origin[s], r2max_origin[s * nchunks + c]);
+    maybe[s] = 4 * mean2[s] > r2_origin[s];
+  }
+  if (std::find(maybe.begin(), maybe.end(), char(1)) != maybe.end())
+    for_units([&](int64_t s, int64_t k0, int64_t k1, int64_t u) {  // radii about the mean where they may decide
+      if (!maybe[s]) return;
+      for (int64_t k = k0; k < k1; ++k)
+        r2max[u] = std::max(r2max[u], direct_l2<T, T>(cbp + (s * K + k) * d, mean.data() + s * d, d));
+    });
   T* mp = out.means.data_ptr<T>();
   for (int64_t s = 0; s < S; ++s) {
-    T r2 = 0, r2_origin = 0;
-    for (int64_t c = 0; c < nchunks; ++c) {
-      r2 = std::max(r2, r2max[s * nchunks + c]);
-      r2_origin = std::max(r2_origin, r2max_origin[s * nchunks + c]);
-    }
-    out.centred[s] = direct_l2<T, T>(mean.data() + s * d, origin.data(), d) > r2;
+    T r2 = 0;
+    for (int64_t c = 0; c < nchunks; ++c) r2 = std::max(r2, r2max[s * nchunks + c]);
+    out.centred[s] = maybe[s] && mean2[s] > r2;
     if (out.centred[s]) std::copy(mean.begin() + s * d, mean.begin() + (s + 1) * d, mp + s * d);
-    out.rc[s] = std::sqrt(static_cast<double>(out.centred[s] ? r2 : r2_origin));
+    out.rc[s] = std::sqrt(static_cast<double>(out.centred[s] ? r2 : r2_origin[s]));
   }
   return out;
 }
@@ -302,25 +307,34 @@ Blocking blocking(int64_t N, int64_t S, int64_t K, int64_t d, int64_t budget, in
   return {std::max<int64_t>(1, std::min(R, N)), Kt, G};
 }
 
-// gemm_scan's hit callback: a register block's scores (ncodes, rows) offered to the rows' candidate lists code by
-// code in ascending order (as Candidates::offer does), then the rows' thresholds refreshed (-inf once a list
-// overflowed: that row is decided by a direct scan and needs no more scores).
+// gemm_scan's hit callback: the (row, code) pairs of a register block scoring within the rows' thresholds offered
+// to the rows' candidate lists, code by code in ascending order (as Candidates::offer does; a lower threshold
+// after a take only rejects more), then those rows' thresholds refreshed (-inf once a list overflowed: that row is
+// decided by a direct scan and needs no more scores).
 struct FusedRows {
   Candidates<float>* cand;
   float* thr;
   int64_t rows;  // the task's rows; panel rows beyond are padding
 };
 
-void take_block(void* ctx, const float* scores, int64_t row0, int64_t rows, uint32_t hits, int64_t code0,
+void take_block(void* ctx, const float* scores, int64_t row0, int64_t rows, const uint32_t* hits, int64_t code0,
                 int64_t ncodes) {
   const FusedRows& f = *static_cast<const FusedRows*>(ctx);
-  for (; hits != 0; hits &= hits - 1) {
-    const int r = __builtin_ctz(hits);
-    if (row0 + r >= f.rows) break;
-    Candidates<float>& c = f.cand[row0 + r];
-    if (c.overflow) continue;
-    float thr = c.best + c.bound;
-    for (int64_t i = 0; i < ncodes && !c.overflow; ++i) c.take(scores[i * rows + r], code0 + i, thr);
+  const int64_t left = f.rows - row0;  // rows of the block that are not padding (padding rows never hit anyway)
+  const uint32_t valid = left >= 32 ? ~0u : left <= 0 ? 0u : (1u << left) - 1;
+  uint32_t touched = 0;
+  for (int64_t i = 0; i < ncodes; ++i)
+    for (uint32_t h = hits[i] & valid; h != 0; h &= h - 1) {
+      const int r = __builtin_ctz(h);
+      Candidates<float>& c = f.cand[row0 + r];
+      if (c.overflow) continue;
+      float thr = c.best + c.bound;
+      c.take(scores[i * rows + r], code0 + i, thr);
+      touched |= 1u << r;
+    }
+  for (; touched != 0; touched &= touched - 1) {
+    const int r = __builtin_ctz(touched);
+    const Candidates<float>& c = f.cand[row0 + r];
     f.thr[row0 + r] = c.overflow ? -std::numeric_limits<float>::infinity() : c.best + c.bound;
   }
 }

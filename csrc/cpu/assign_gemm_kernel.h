@@ -61,12 +61,22 @@ static inline void scan_block(const float* xp, int64_t d, const float* code, con
       low[v] = vmin_isa(acc[i][v], low[v]);
     }
   }
-  uint32_t hits = 0;  // bit r: row row0 + r has a score <= its threshold
-  for (int v = 0; v < MV; ++v) hits |= lanes_le(low[v], load<float>(thr + v * W)) << (v * W);
-  if (hits == 0) return;
+  V t[MV];
+  uint32_t any = 0;  // bit r: row row0 + r has a score <= its threshold
+  for (int v = 0; v < MV; ++v) {
+    t[v] = load<float>(thr + v * W);
+    any |= lanes_le(low[v], t[v]);
+  }
+  if (any == 0) return;
   float scores[NR * ROWS];
-  for (int i = 0; i < NR; ++i)
-    for (int v = 0; v < MV; ++v) __builtin_memcpy(scores + i * ROWS + v * W, &acc[i][v], sizeof(V));
+  uint32_t hits[NR];  // per code: bit r where row row0 + r scores <= its threshold
+  for (int i = 0; i < NR; ++i) {
+    hits[i] = 0;
+    for (int v = 0; v < MV; ++v) {
+      __builtin_memcpy(scores + i * ROWS + v * W, &acc[i][v], sizeof(V));
+      hits[i] |= lanes_le(acc[i][v], t[v]) << (v * W);
+    }
+  }
   hit(ctx, scores, row0, ROWS, hits, code0, NR);
 }
 

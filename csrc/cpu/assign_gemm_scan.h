@@ -10,8 +10,9 @@
 //   codes  (kt, d) row-major, norms (kt) = |c_k|^2, code0: the index of codes[0] in the codebook
 //   thr    (npanels * kGemmPanelRows) per-row thresholds, read for every block (padding rows: -inf; NaN never hits)
 //   hit(ctx, scores, row0, rows, hits, code0, ncodes): scores (ncodes, rows) of task rows row0 .. row0 + rows - 1
-//     (lane = row) and codes code0 .. code0 + ncodes - 1; bit r of hits set where row row0 + r has a score <= its
-//     threshold (the rows the callee must offer the scores to, each row's codes in ascending order)
+//     (lane = row) and codes code0 .. code0 + ncodes - 1; hits (ncodes): bit r of hits[i] set where row row0 + r
+//     scores code code0 + i <= its threshold (no other pair can be within it), to be offered to that row in
+//     ascending code order
 #pragma once
 #include <cstdint>
 
@@ -25,7 +26,7 @@ namespace cpu {
 constexpr int64_t kGemmPanelRows = 32;  // rows per packed panel (two 16-float vectors / four 8-float vectors)
 constexpr int64_t kGemmCodeBlock = 12;  // codes per register block of the widest copy; tiles are multiples of it
 
-typedef void (*GemmHitFn)(void* ctx, const float* scores, int64_t row0, int64_t rows, uint32_t hits,
+typedef void (*GemmHitFn)(void* ctx, const float* scores, int64_t row0, int64_t rows, const uint32_t* hits,
                           int64_t code0, int64_t ncodes);
 
 typedef void (*GemmScanFn)(const float* panels, int64_t npanels, int64_t d, const float* codes, const float* norms,
