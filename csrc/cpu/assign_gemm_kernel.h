@@ -10,8 +10,10 @@
 // panel, one broadcast per code, kScanVecs * kScanCodes FMAs. The dot products are fp32 with one rounding per
 // fused multiply-add, in order j = 0 .. d - 1 (bound.py's u_in = 0 and any summation order). A block's scores are
 // fl(|c|^2 - 2 acc) (2 acc is exact), their per-row minimum is compared with the row's threshold, and only a block
-// with a score <= threshold is stored and handed to the caller. Loop order: code block outer (its kScanCodes code
-// rows stay in L1), row panels inner (streamed from L2), so each row sees its codes in ascending order.
+// with a score <= threshold is stored and handed to the caller. Loop order: row panel outer (the block's rows,
+// d * 128 bytes, stay in L1, with their candidate lists), the tile's code blocks inner (streamed from L2, where the
+// caller keeps the tile), so each row sees its codes in ascending order. (Code blocks outer, row panels streamed
+// from L2, measured 5-9% slower at d = 64 .. 256 on the 2-core AVX-512 Xeon.)
 #pragma once
 #include <cstdint>
 
@@ -83,16 +85,14 @@ static inline void scan_block(const float* xp, int64_t d, const float* code, con
 void gemm_scan(const float* panels, int64_t npanels, int64_t d, const float* codes, const float* norms, int64_t kt,
                int64_t code0, float* thr, GemmHitFn hit, void* ctx) {
   constexpr int64_t ROWS = kScanVecs * Vec<float>::W;
-  const int64_t rows = npanels * kGemmPanelRows;
-  int64_t k = 0;
-  for (; k + kScanCodes <= kt; k += kScanCodes)
-    for (int64_t r0 = 0; r0 < rows; r0 += ROWS)
-      scan_block<kScanCodes>(panels + r0 / kGemmPanelRows * d * kGemmPanelRows + r0 % kGemmPanelRows, d,
-                             codes + k * d, norms + k, thr + r0, r0, code0 + k, hit, ctx);
-  for (; k < kt; ++k)  // the tile's last codes, one at a time
-    for (int64_t r0 = 0; r0 < rows; r0 += ROWS)
-      scan_block<1>(panels + r0 / kGemmPanelRows * d * kGemmPanelRows + r0 % kGemmPanelRows, d, codes + k * d,
-                    norms + k, thr + r0, r0, code0 + k, hit, ctx);
+  for (int64_t r0 = 0; r0 < npanels * kGemmPanelRows; r0 += ROWS) {
+    const float* xp = panels + r0 / kGemmPanelRows * d * kGemmPanelRows + r0 % kGemmPanelRows;
+    int64_t k = 0;
+    for (; k + kScanCodes <= kt; k += kScanCodes)
+      scan_block<kScanCodes>(xp, d, codes + k * d, norms + k, thr + r0, r0, code0 + k, hit, ctx);
+    for (; k < kt; ++k)  // the tile's last codes, one at a time
+      scan_block<1>(xp, d, codes + k * d, norms + k, thr + r0, r0, code0 + k, hit, ctx);
+  }
 }
 
 }  // namespace PQ_KERNEL_NS
