@@ -285,8 +285,8 @@ Blocking blocking(int64_t N, int64_t S, int64_t K, int64_t d, int64_t budget, in
   // about 4 tasks per thread when N allows (a descheduled thread on a shared machine then holds up little)
   const int64_t tasks_wanted = (4 * nthreads + S - 1) / S;
   const int64_t rows_wanted = (N + tasks_wanted - 1) / tasks_wanted;
-  if (fused) {  // per row: its panel column, threshold and candidate list; fixed: a centred code tile + norms
-    const int64_t per_row = (d + 1) * t + int64_t(sizeof(Candidates<T>));
+  if (fused) {  // per row: its panel column, threshold, bound and candidate list; fixed: a centred code tile + norms
+    const int64_t per_row = (d + 2) * t + int64_t(sizeof(Candidates<T>));
     int64_t Kt = std::min(kTileBytes / (d * t), budget / 2 / ((d + 1) * t));
     Kt = std::min(K, std::max(kGemmCodeBlock, Kt / kGemmCodeBlock * kGemmCodeBlock));
     const int64_t P = kGemmPanelRows;
@@ -381,7 +381,7 @@ void assign_gemm_impl(const at::Tensor& x, const at::Tensor& cb, const at::Tenso
   const int64_t nthreads = std::min(nthreads_max, ntasks);
   // per thread: rows (R, d) centred (BLAS) or their panels + thresholds (fused), the code tile (Kt, d) + norms,
   // and for BLAS a (G, Kt) score tile
-  const int64_t ws_floats = scan ? R * (d + 1) + Kt * (d + 1) : R * d + Kt * (d + 1) + std::min(G, R) * Kt;
+  const int64_t ws_floats = scan ? R * (d + 2) + Kt * (d + 1) : R * d + Kt * (d + 1) + std::min(G, R) * Kt;
   at::Tensor workspace = at::empty({nthreads, ws_floats}, cb.options());
   static_assert(std::is_trivially_copyable<Candidates<T>>::value, "Candidates lives in a byte tensor");
   at::Tensor cand_bytes = at::empty({nthreads * R * int64_t(sizeof(Candidates<T>))}, x.options().dtype(at::kByte));
@@ -390,8 +390,9 @@ void assign_gemm_impl(const at::Tensor& x, const at::Tensor& cb, const at::Tenso
   std::atomic<int64_t> next{0};
   at::parallel_for(0, nthreads, 1, [&](int64_t tid, int64_t) {
     T* xc = workspace.data_ptr<T>() + tid * ws_floats;  // BLAS: (R, d) rows; fused: (R / 32, d, 32) panels
-    T* thr = xc + R * d;                                 // fused: (R) thresholds
-    T* cc = scan ? thr + R : xc + R * d;                 // the code tile (Kt, d)
+    T* thr = xc + R * d;                                 // fused: (R) thresholds and (R) bounds
+    T* bound = thr + R;
+    T* cc = scan ? bound + R : xc + R * d;               // the code tile (Kt, d)
     T* n2 = cc + Kt * d;
     T* sc = n2 + Kt;                                     // BLAS: the (G, Kt) scores
     Candidates<T>* cand = cand_all + tid * R;
@@ -411,6 +412,7 @@ void assign_gemm_impl(const at::Tensor& x, const at::Tensor& cb, const at::Tenso
           T* column = xc + r / kGemmPanelRows * d * kGemmPanelRows + r % kGemmPanelRows;
           for (int64_t j = 0; j < d; ++j) column[j * kGemmPanelRows] = row[j];
           thr[r] = cand[r].best + cand[r].bound;
+          bound[r] = cand[r].bound;
         }
       }
       if (scan)  // padding rows of the last panel: zero, never a hit
@@ -418,6 +420,7 @@ void assign_gemm_impl(const at::Tensor& x, const at::Tensor& cb, const at::Tenso
           T* column = xc + r / kGemmPanelRows * d * kGemmPanelRows + r % kGemmPanelRows;
           for (int64_t j = 0; j < d; ++j) column[j * kGemmPanelRows] = 0;
           thr[r] = -std::numeric_limits<T>::infinity();
+          bound[r] = 0;
         }
       for (int64_t k0 = 0; k0 < K; k0 += Kt) {
         const int64_t kt = std::min(Kt, K - k0);
@@ -431,7 +434,8 @@ void assign_gemm_impl(const at::Tensor& x, const at::Tensor& cb, const at::Tenso
         if constexpr (std::is_same<T, float>::value) {
           if (scan) {
             FusedRows hits{cand, thr, rows};
-            scan(xc, (rows + kGemmPanelRows - 1) / kGemmPanelRows, d, codes, norms_p, kt, k0, thr, take_block, &hits);
+            scan(xc, (rows + kGemmPanelRows - 1) / kGemmPanelRows, d, codes, norms_p, kt, k0, thr, bound, take_block,
+                 &hits);
             continue;
           }
         }

@@ -37,7 +37,7 @@ static_assert(kScanVecs * Vec<float>::W <= 32, "a register block's rows are one 
 // coordinate) against NR codes (code: NR rows of d, norms: NR values).
 template <int NR>
 static inline void scan_block(const float* xp, int64_t d, const float* code, const float* norms, const float* thr,
-                              int64_t row0, int64_t code0, GemmHitFn hit, void* ctx) {
+                              const float* bound, int64_t row0, int64_t code0, GemmHitFn hit, void* ctx) {
   using V = Vec<float>::V;
   constexpr int W = Vec<float>::W;
   constexpr int MV = kScanVecs;
@@ -70,6 +70,9 @@ static inline void scan_block(const float* xp, int64_t d, const float* code, con
     any |= lanes_le(low[v], t[v]);
   }
   if (any == 0) return;
+  // the rows' thresholds once this block is taken: min(thr, fl(low + bound)) (NaN low + bound keeps thr); a score
+  // above it is above fl(final best + bound) too, as the final best is <= low
+  for (int v = 0; v < MV; ++v) t[v] = vmin_isa(low[v] + load<float>(bound + v * W), t[v]);
   float scores[NR * ROWS];
   uint32_t hits[NR];  // per code: bit r where row row0 + r scores <= its threshold
   for (int i = 0; i < NR; ++i) {
@@ -83,15 +86,17 @@ static inline void scan_block(const float* xp, int64_t d, const float* code, con
 }
 
 void gemm_scan(const float* panels, int64_t npanels, int64_t d, const float* codes, const float* norms, int64_t kt,
-               int64_t code0, float* thr, GemmHitFn hit, void* ctx) {
+               int64_t code0, float* thr, const float* bound, GemmHitFn hit, void* ctx) {
   constexpr int64_t ROWS = kScanVecs * Vec<float>::W;
   for (int64_t r0 = 0; r0 < npanels * kGemmPanelRows; r0 += ROWS) {
     const float* xp = panels + r0 / kGemmPanelRows * d * kGemmPanelRows + r0 % kGemmPanelRows;
     int64_t k = 0;
     for (; k + kScanCodes <= kt; k += kScanCodes)
-      scan_block<kScanCodes>(xp, d, codes + k * d, norms + k, thr + r0, r0, code0 + k, hit, ctx);
+      scan_block<kScanCodes>(xp, d, codes + k * d, norms + k, thr + r0, bound + r0, r0, code0 + k, hit,
+                             ctx);
     for (; k < kt; ++k)  // the tile's last codes, one at a time
-      scan_block<1>(xp, d, codes + k * d, norms + k, thr + r0, r0, code0 + k, hit, ctx);
+      scan_block<1>(xp, d, codes + k * d, norms + k, thr + r0, bound + r0, r0, code0 + k, hit,
+                             ctx);
   }
 }
 

@@ -9,6 +9,7 @@
 //   panels (npanels, d, kGemmPanelRows): row r of the task at panels[(r / 32) * d * 32 + j * 32 + r % 32]
 //   codes  (kt, d) row-major, norms (kt) = |c_k|^2, code0: the index of codes[0] in the codebook
 //   thr    (npanels * kGemmPanelRows) per-row thresholds, read for every block (padding rows: -inf; NaN never hits)
+//   bound  (npanels * kGemmPanelRows) per-row bounds B: a pair is passed only when also <= fl(block's row min + B)
 //   hit(ctx, scores, row0, rows, hits, code0, ncodes): scores (ncodes, rows) of task rows row0 .. row0 + rows - 1
 //     (lane = row) and codes code0 .. code0 + ncodes - 1; hits (ncodes): bit r of hits[i] set where row row0 + r
 //     scores code code0 + i <= its threshold (no other pair can be within it), to be offered to that row in
@@ -30,12 +31,12 @@ typedef void (*GemmHitFn)(void* ctx, const float* scores, int64_t row0, int64_t 
                           int64_t code0, int64_t ncodes);
 
 typedef void (*GemmScanFn)(const float* panels, int64_t npanels, int64_t d, const float* codes, const float* norms,
-                           int64_t kt, int64_t code0, float* thr, GemmHitFn hit, void* ctx);
+                           int64_t kt, int64_t code0, float* thr, const float* bound, GemmHitFn hit, void* ctx);
 
 #define PQ_DECLARE_GEMM_SCAN(NS)                                                                              \
   namespace NS {                                                                                              \
   void gemm_scan(const float* panels, int64_t npanels, int64_t d, const float* codes, const float* norms,     \
-                 int64_t kt, int64_t code0, float* thr, GemmHitFn hit, void* ctx);                             \
+                 int64_t kt, int64_t code0, float* thr, const float* bound, GemmHitFn hit, void* ctx);                             \
   }
 PQ_DECLARE_GEMM_SCAN(avx2)
 PQ_DECLARE_GEMM_SCAN(avx512)
