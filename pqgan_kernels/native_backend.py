@@ -13,7 +13,7 @@ of ``bound.py`` of the row's best, and re-checks those with the oracle's direct 
 near-ties is decided by a direct scan). The result equals a full direct scan at any magnitude of the data.
 Everything else (cosine, smaller d or K) goes to ``pq_assign``.
 
-Native ops (schemas in ``csrc/native_ops.cpp``; CPU kernels in ``csrc/cpu/``, CUDA kernels in ``csrc/cuda/``):
+Native ops (schemas in ``csrc/ops.cpp``; CPU kernels in ``csrc/cpu/<op>.cpp``, CUDA kernels in ``csrc/cuda/<op>.cu``):
     pq_assign(x (N, S*d), codebooks (S, K, d), cosine: bool) -> (quantized (N, S*d) x.dtype, indices (N, S) int64)
     pq_ema_stats(x (N, S*d), indices (N, S), num_codes)      -> (counts (S, K), sums (S, K, d))  fp32 / fp64
     pq_codebook_grad(grad (N, S*d), indices (N, S), num_codes) -> (S, K, d)                     fp32 / fp64

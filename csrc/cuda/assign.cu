@@ -1,14 +1,11 @@
-// CUDA implementations of the pqgan_native ops (schemas in native_ops.cpp).
+// pq_assign (CUDA; schemas in ../ops.cpp). d = sub-dimension, D = S*d.
 //
-// pq_assign: grid (row blocks, S). Each block stages a chunk of codebook s (kc codes x d, compute type) in shared
-//   memory; each thread keeps RPT rows' sub-vectors in registers (compile-time d in {1,2,3,4,8,16,32,64}; other d
-//   read x from global memory) and scans the chunk with exact FMAs (sum of squared differences, or minus the dot
-//   product with pre-normalised codewords for cosine), keeping a running (best, index) per row: codes are visited in
-//   increasing order with a strict "<", so ties go to the lowest index. No (N, K) buffer. A second small kernel
-//   gathers the chosen codewords into quantized (x.dtype).
-// pq_ema_stats / pq_codebook_grad: one thread per element, atomicAdd into (S, K, d) (and (S, K) counts); the sum
-//   order is therefore not deterministic (fp32 rounding differs run to run). Out-of-range indices are skipped here;
-//   the Python op checks the range before calling.
+// Grid (row blocks, S). Each block stages a chunk of codebook s (kc codes x d, compute type) in shared memory; each
+// thread keeps RPT rows' sub-vectors in registers (compile-time d in {1,2,3,4,8,16,32,64}; other d read x from
+// global memory) and scans the chunk with exact FMAs (sum of squared differences, or minus the dot product with
+// pre-normalised codewords for cosine), keeping a running (best, index) per row: codes are visited in increasing
+// order with a strict "<", so ties go to the lowest index. No (N, K) buffer. A second small kernel (lookup_kernel)
+// gathers the chosen codewords into quantized (x.dtype).
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
 #include <c10/cuda/CUDAException.h>
@@ -18,10 +15,10 @@
 
 #include <limits>
 
-#include "checks.h"
+#include "assign_setup.h"
+#include "cuda/grid_stride.cuh"
 
-namespace pqgan {
-namespace cuda {
+namespace pqgan::cuda {
 namespace {
 
 constexpr int kThreads = 128;
@@ -49,7 +46,7 @@ __device__ __forceinline__ T score_step(T c, T x, T acc) {
   }
 }
 
-// x (N, S*d) T, cb (S, K, d) T -> indices (N, S) int64. kd = d at compile time, or 0 (run-time d).
+// x (N, D) T, cb (S, K, d) T -> indices (N, S) int64. kd = d at compile time, or 0 (run-time d).
 template <typename T, int kd, bool COS>
 __global__ void __launch_bounds__(kThreads)
 assign_kernel(const T* __restrict__ x, const T* __restrict__ cb, int64_t N, int S, int K, int d_rt, int kc,
@@ -110,14 +107,9 @@ assign_kernel(const T* __restrict__ x, const T* __restrict__ cb, int64_t N, int 
 template <typename scalar_t>
 __global__ void lookup_kernel(const scalar_t* __restrict__ cbx, const int64_t* __restrict__ indices, int64_t N, int S,
                               int K, int d, scalar_t* __restrict__ quantized) {
-  const int64_t total = N * S * d;
-  for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < total;
-       i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
-    const int64_t ns = i / d;
-    const int j = static_cast<int>(i - ns * d);
-    const int s = static_cast<int>(ns % S);
+  for_each_element(N, S, d, [&](int64_t i, int64_t ns, int s, int j) {
     quantized[i] = cbx[(static_cast<int64_t>(s) * K + indices[ns]) * d + j];
-  }
+  });
 }
 
 template <typename T, int kd>
@@ -154,97 +146,29 @@ void assign_dispatch_d(const at::Tensor& x, const at::Tensor& cb, bool cosine, a
 
 std::tuple<at::Tensor, at::Tensor> pq_assign_cuda(const at::Tensor& x_in, const at::Tensor& codebooks, bool cosine) {
   check_assign_args(x_in, codebooks);
-  TORCH_CHECK_VALUE(x_in.is_cuda(), "pq_assign (cuda): tensors must be on a CUDA device, got ", x_in.device());
+  check_device("pq_assign", x_in, at::kCUDA);
   const int64_t N = x_in.size(0), S = codebooks.size(0), K = codebooks.size(1), d = codebooks.size(2);
   TORCH_CHECK_VALUE(S <= 65535, "pq_assign (cuda): at most 65535 subspaces, got ", S);
   TORCH_CHECK_VALUE(d * 8 <= kSmemBytes, "pq_assign (cuda): subspace dim d <= ", kSmemBytes / 8, ", got ", d);
   const c10::cuda::CUDAGuard guard(x_in.device());
   cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
-  const at::ScalarType ct = compute_dtype(x_in, codebooks);
-  const at::Tensor x = x_in.to(ct).contiguous();
-  at::Tensor cb = codebooks.to(ct);
-  if (cosine) cb = cb / cb.norm(2, -1, /*keepdim=*/true).clamp_min(1e-12);
-  cb = cb.contiguous();
-  at::Tensor indices = at::empty({N, S}, x_in.options().dtype(at::kLong));
-  if (ct == at::kDouble) assign_dispatch_d<double>(x, cb, cosine, indices, stream);
-  else assign_dispatch_d<float>(x, cb, cosine, indices, stream);
+  AssignSetup a = assign_setup(x_in, codebooks, cosine);
+  const at::Tensor x = x_in.to(a.compute).contiguous();
+  if (a.compute == at::kDouble) assign_dispatch_d<double>(x, a.cb, cosine, a.indices, stream);
+  else assign_dispatch_d<float>(x, a.cb, cosine, a.indices, stream);
 
-  const at::Tensor cbx = codebooks.to(x_in.scalar_type()).contiguous();
-  at::Tensor quantized = at::empty({N, S * d}, x_in.options().memory_format(at::MemoryFormat::Contiguous));
-  const int64_t total = N * S * d;
-  const int threads = 256;
-  const int blocks = static_cast<int>(std::min<int64_t>((total + threads - 1) / threads, 65535 * 8));
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x_in.scalar_type(), "pq_lookup_cuda", [&] {
-    lookup_kernel<scalar_t><<<blocks, threads, 0, stream>>>(cbx.data_ptr<scalar_t>(), indices.data_ptr<int64_t>(), N,
-                                                            static_cast<int>(S), static_cast<int>(K),
-                                                            static_cast<int>(d), quantized.data_ptr<scalar_t>());
+    lookup_kernel<scalar_t><<<element_blocks(N * S * d), kElementThreads, 0, stream>>>(
+        a.cbx.data_ptr<scalar_t>(), a.indices.data_ptr<int64_t>(), N, static_cast<int>(S), static_cast<int>(K),
+        static_cast<int>(d), a.quantized.data_ptr<scalar_t>());
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
-  return {quantized, indices};
-}
-
-// sums[s, k, j] += values[n, s*d + j], counts[s, k] += 1 (when counts != nullptr), k = indices[n, s].
-template <typename scalar_t, typename T, typename index_t>
-__global__ void scatter_kernel(const scalar_t* __restrict__ values, const index_t* __restrict__ indices, int64_t N,
-                               int S, int K, int d, T* __restrict__ sums, T* __restrict__ counts) {
-  const int64_t total = N * S * d;
-  for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < total;
-       i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
-    const int64_t ns = i / d;
-    const int j = static_cast<int>(i - ns * d);
-    const int s = static_cast<int>(ns % S);
-    const int64_t k = static_cast<int64_t>(indices[ns]);
-    if (k < 0 || k >= K) continue;  // range is checked by the caller; never write out of bounds
-    const int64_t code = static_cast<int64_t>(s) * K + k;
-    atomicAdd(sums + code * d + j, static_cast<T>(values[i]));
-    if (counts != nullptr && j == 0) atomicAdd(counts + code, T(1));
-  }
-}
-
-void scatter_cuda(const at::Tensor& values, const at::Tensor& indices, at::Tensor& sums, at::Tensor* counts) {
-  const int64_t N = indices.size(0);
-  const int S = static_cast<int>(indices.size(1)), K = static_cast<int>(sums.size(1)),
-            d = static_cast<int>(sums.size(2));
-  const int64_t total = N * S * d;
-  if (total == 0) return;
-  const c10::cuda::CUDAGuard guard(values.device());
-  cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
-  const int threads = 256;
-  const int blocks = static_cast<int>(std::min<int64_t>((total + threads - 1) / threads, 65535 * 8));
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, values.scalar_type(), "pq_scatter_cuda", [&] {
-    using T = typename std::conditional<std::is_same<scalar_t, double>::value, double, float>::type;
-    T* cp = counts ? counts->data_ptr<T>() : nullptr;
-    if (indices.scalar_type() == at::kLong) {
-      scatter_kernel<scalar_t, T, int64_t><<<blocks, threads, 0, stream>>>(
-          values.data_ptr<scalar_t>(), indices.data_ptr<int64_t>(), N, S, K, d, sums.data_ptr<T>(), cp);
-    } else {
-      scatter_kernel<scalar_t, T, int32_t><<<blocks, threads, 0, stream>>>(
-          values.data_ptr<scalar_t>(), indices.data_ptr<int32_t>(), N, S, K, d, sums.data_ptr<T>(), cp);
-    }
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
-  });
-}
-
-std::tuple<at::Tensor, at::Tensor> pq_ema_stats_cuda(const at::Tensor& x_in, const at::Tensor& indices_in,
-                                                     int64_t num_codes) {
-  check_scatter_args("pq_ema_stats", x_in, indices_in, num_codes);
-  TORCH_CHECK_VALUE(x_in.is_cuda(), "pq_ema_stats (cuda): tensors must be on a CUDA device, got ", x_in.device());
-  return scatter_outputs(x_in, indices_in, num_codes, true, scatter_cuda);
-}
-
-at::Tensor pq_codebook_grad_cuda(const at::Tensor& grad_in, const at::Tensor& indices_in, int64_t num_codes) {
-  check_scatter_args("pq_codebook_grad", grad_in, indices_in, num_codes);
-  TORCH_CHECK_VALUE(grad_in.is_cuda(), "pq_codebook_grad (cuda): tensors must be on a CUDA device, got ",
-                    grad_in.device());
-  return std::get<1>(scatter_outputs(grad_in, indices_in, num_codes, false, scatter_cuda));
+  return {a.quantized, a.indices};
 }
 
 }  // namespace
-}  // namespace cuda
-}  // namespace pqgan
+}  // namespace pqgan::cuda
 
 TORCH_LIBRARY_IMPL(pqgan_native, CUDA, m) {
   m.impl("pq_assign", &pqgan::cuda::pq_assign_cuda);
-  m.impl("pq_ema_stats", &pqgan::cuda::pq_ema_stats_cuda);
-  m.impl("pq_codebook_grad", &pqgan::cuda::pq_codebook_grad_cuda);
 }

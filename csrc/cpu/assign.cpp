@@ -1,36 +1,34 @@
-// CPU implementations of the pqgan_native ops (schemas in native_ops.cpp), parallelised with at::parallel_for
-// (OpenMP in the usual torch build; it honours torch.set_num_threads).
+// pq_assign (CPU): the launcher over the micro-kernels of assign_kernel.h, the choice of their instruction-set copy,
+// and the op cpu_isa (schemas in ../ops.cpp). Parallelised with at::parallel_for (OpenMP in the usual torch build;
+// it honours torch.set_num_threads). d = sub-dimension, D = S*d.
 //
-// pq_assign: tasks are (block of kBlockRows rows, range of subspaces). Per subspace, a task gathers its rows'
-//   sub-vectors into a small buffer in the compute type (fp16/bf16 are up-cast to fp32 here), runs the micro-kernel of assign_kernel.h
-//   against the transposed codebook tile cbT[s] (d, Kp), writes the indices and copies the chosen codewords into
-//   quantized. Working memory: the (S, d, Kp) transposed codebooks plus kBlockRows*d per thread; no (N, K) buffer.
-// pq_ema_stats / pq_codebook_grad: a scatter-add per code into per-row-part partial sums added in a fixed order, so
-//   the sums are deterministic and independent of the thread count (see scatter_cpu_impl).
+// Tasks are (block of kBlockRows rows, range of subspaces). Per subspace, a task gathers its rows' sub-vectors into a
+// small buffer in the compute type (fp16/bf16 are up-cast to fp32 here), runs the micro-kernel (assign_tiles.h)
+// against the transposed codebook tile cbT[s] (d, Kp), writes the indices and copies the chosen codewords into
+// quantized. Working memory: the (S, d, Kp) transposed codebooks plus kBlockRows*d per thread; no (N, K) buffer.
+// l2, fp32, d <= kExpandedMaxD on the AVX2 / AVX-512 copies: the expanded-formula scan with its exact re-check runs
+// instead (assign_tile_expanded_dispatch), and the rows it leaves undecided get the direct scan (decide_marked_rows).
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
+#include <algorithm>
 #include <atomic>
 #include <cmath>
-#include <type_traits>
 #include <cstdlib>
 #include <cstring>
 #include <limits>
 #include <string>
+#include <type_traits>
 #include <vector>
 
-#include "checks.h"
-#include "cpu/kernels.h"
+#include "assign_setup.h"
+#include "cpu/assign_tiles.h"
 
-namespace pqgan {
-namespace cpu {
+namespace pqgan::cpu {
 namespace {
 
 constexpr int64_t kBlockRows = 64;  // rows per task (a multiple of kTileRows)
-constexpr int64_t kStatChunk = 16;      // coordinates per scatter work unit
-constexpr int64_t kStatParts = 8;       // at most this many row parts (partial sums) ...
-constexpr int64_t kStatPartRows = 1024; // ... of at least this many rows
 
 // The widest copy this CPU runs: "avx512", "avx2" or "generic"; PQGAN_CPU_ISA=generic|avx2|avx512 caps it (read
 // once per process; used by the tests and to compare the copies).
@@ -101,7 +99,7 @@ void assign_tile_expanded_dispatch(const float* xs, int64_t rows, int64_t d, con
   else avx2::assign_tile_expanded(xs, rows, d, cbT, Kp, ce, Kpe, m, rc, coefficient, out);
 }
 
-// The expanded scan's per-subspace inputs (see kernels.h): ce (S, d + 1, Kpe), centres m (S, d), rc (S).
+// The expanded scan's per-subspace inputs (see assign_tiles.h): ce (S, d + 1, Kpe), centres m (S, d), rc (S).
 struct ExpandedCodebooks {
   at::Tensor ce, m, rc;
   int64_t Kpe = 0;
@@ -125,7 +123,7 @@ ExpandedCodebooks expanded_codebooks(const at::Tensor& cb) {  // cb (S, K, d) fl
   return e;
 }
 
-// x (N, S*d) scalar_t, cbT (S, d, Kp) T, cbx (S, K, d) scalar_t -> quantized (N, S*d) scalar_t, indices (N, S).
+// x (N, D) scalar_t, cbT (S, d, Kp) T, cbx (S, K, d) scalar_t -> quantized (N, D) scalar_t, indices (N, S).
 // expanded: the expanded scan's inputs when it applies (T = float), else nullptr.
 template <typename scalar_t, typename T>
 void assign_cpu_impl(const at::Tensor& x, const at::Tensor& cbT, const at::Tensor& cbx, bool cosine,
@@ -189,135 +187,35 @@ void assign_cpu_impl(const at::Tensor& x, const at::Tensor& cbT, const at::Tenso
 
 std::tuple<at::Tensor, at::Tensor> pq_assign_cpu(const at::Tensor& x_in, const at::Tensor& codebooks, bool cosine) {
   check_assign_args(x_in, codebooks);
-  TORCH_CHECK_VALUE(x_in.device().is_cpu(), "pq_assign (cpu): tensors must be on the CPU, got ", x_in.device());
+  check_device("pq_assign", x_in, at::kCPU);
   const at::Tensor x = x_in.contiguous();
-  const int64_t N = x.size(0), S = codebooks.size(0), K = codebooks.size(1), d = codebooks.size(2);
-  const at::ScalarType ct = compute_dtype(x, codebooks);
-  at::Tensor cb = codebooks.to(ct);
-  if (cosine) cb = cb / cb.norm(2, -1, /*keepdim=*/true).clamp_min(1e-12);
+  AssignSetup a = assign_setup(x, codebooks, cosine);
+  const int64_t S = a.cb.size(0), K = a.cb.size(1), d = a.cb.size(2);
   const int64_t Kp = (K + kTileCodes - 1) / kTileCodes * kTileCodes;
-  at::Tensor cbT = at::full({S, d, Kp}, std::numeric_limits<double>::quiet_NaN(), cb.options());
-  cbT.narrow(2, 0, K).copy_(cb.transpose(1, 2));
-  const at::Tensor cbx = codebooks.to(x.scalar_type()).contiguous();
-  at::Tensor quantized = at::empty_like(x);
-  at::Tensor indices = at::empty({N, S}, x.options().dtype(at::kLong));
+  at::Tensor cbT = at::full({S, d, Kp}, std::numeric_limits<double>::quiet_NaN(), a.cb.options());
+  cbT.narrow(2, 0, K).copy_(a.cb.transpose(1, 2));
   ExpandedCodebooks expanded;
-  const bool use_expanded = !cosine && ct == at::kFloat && d <= kExpandedMaxD && isa() != Isa::generic;
-  if (use_expanded) expanded = expanded_codebooks(cb.contiguous());
+  const bool use_expanded = !cosine && a.compute == at::kFloat && d <= kExpandedMaxD && isa() != Isa::generic;
+  if (use_expanded) expanded = expanded_codebooks(a.cb);
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "pq_assign_cpu", [&] {
-    if (ct == at::kDouble) assign_cpu_impl<scalar_t, double>(x, cbT, cbx, cosine, nullptr, quantized, indices);
-    else assign_cpu_impl<scalar_t, float>(x, cbT, cbx, cosine, use_expanded ? &expanded : nullptr, quantized, indices);
+    if (a.compute == at::kDouble)
+      assign_cpu_impl<scalar_t, double>(x, cbT, a.cbx, cosine, nullptr, a.quantized, a.indices);
+    else
+      assign_cpu_impl<scalar_t, float>(x, cbT, a.cbx, cosine, use_expanded ? &expanded : nullptr, a.quantized,
+                                       a.indices);
   });
-  return {quantized, indices};
-}
-
-// sums[s, k, :] += values[n, s*d:(s+1)*d] for k = indices[n, s]; counts[s, k] += 1 (when counts is defined).
-template <typename scalar_t, typename T, typename index_t>
-void scatter_cpu_impl(const at::Tensor& values, const at::Tensor& indices, at::Tensor& sums, at::Tensor* counts) {
-  const int64_t N = indices.size(0), S = indices.size(1), K = sums.size(1), d = sums.size(2), D = S * d;
-  const scalar_t* vp = values.data_ptr<scalar_t>();
-  const index_t* ip = indices.data_ptr<index_t>();
-  T* sp = sums.data_ptr<T>();
-  T* cp = counts ? counts->data_ptr<T>() : nullptr;
-  // Tasks are (row part p, range of work units), a unit being (s, coordinate chunk) in memory order. A task walks
-  // its rows in order and reads one contiguous piece of each row; row part p accumulates into its own partial
-  // buffer, and the parts are added in order at the end. Both splits depend only on the shapes and the thread count
-  // never changes a sum: the result is deterministic.
-  const int64_t nchunks = (d + kStatChunk - 1) / kStatChunk;
-  const int64_t units = S * nchunks;
-  const int64_t threads = std::max<int64_t>(1, at::get_num_threads());
-  // Partial buffers cost zeroing plus one reduction pass over (parts - 1) outputs: only worth it while they are
-  // no larger than the input (with a big codebook, e.g. plain VQ, one part and more coordinate groups is faster).
-  const int64_t out_elems = S * K * d;
-  const int64_t parts = std::max<int64_t>(1, std::min<int64_t>({kStatParts, (N + kStatPartRows - 1) / kStatPartRows,
-                                                                  1 + (N * D) / std::max<int64_t>(1, out_elems)}));
-  const int64_t groups = std::min<int64_t>(units, (4 * threads + parts - 1) / parts);
-  const int64_t per_part = S * K * d;
-  std::vector<T> partial(parts > 1 ? (parts - 1) * (per_part + (cp ? S * K : 0)) : 0, T(0));
-  std::atomic<bool> bad{false};
-  at::parallel_for(0, parts * groups, 1, [&](int64_t begin, int64_t end) {
-    for (int64_t t = begin; t < end; ++t) {
-      const int64_t p = t / groups, g = t % groups;
-      const int64_t u0 = units * g / groups, u1 = units * (g + 1) / groups;
-      const int64_t n0 = N * p / parts, n1 = N * (p + 1) / parts;
-      T* sums_p = p == 0 ? sp : partial.data() + (p - 1) * (per_part + (cp ? S * K : 0));
-      T* counts_p = cp == nullptr ? nullptr : (p == 0 ? cp : sums_p + per_part);
-      const int64_t s_first = u0 / nchunks, c_first = u0 % nchunks;
-      for (int64_t n = n0; n < n1; ++n) {
-        const index_t* irow = ip + n * S;
-        const scalar_t* xrow = vp + n * D;
-        int64_t s = s_first, c = c_first;  // unit u = (s, chunk c), walked without divisions
-        for (int64_t u = u0; u < u1; ++u) {
-          const int64_t k = static_cast<int64_t>(irow[s]);
-          if (k < 0 || k >= K) {
-            bad = true;
-            return;
-          }
-          const int64_t j0 = c * kStatChunk, j1 = std::min(d, j0 + kStatChunk);
-          const scalar_t* src = xrow + s * d;
-          T* dst = sums_p + (s * K + k) * d;
-          for (int64_t j = j0; j < j1; ++j) dst[j] += static_cast<T>(src[j]);
-          if (counts_p != nullptr && c == 0) counts_p[s * K + k] += T(1);
-          if (++c == nchunks) {
-            c = 0;
-            ++s;
-          }
-        }
-      }
-    }
-  });
-  if (parts > 1 && !bad) {
-    const int64_t stride = per_part + (cp ? S * K : 0);
-    at::parallel_for(0, stride, 4096, [&](int64_t begin, int64_t end) {
-      for (int64_t i = begin; i < end; ++i) {
-        T* out = i < per_part ? sp + i : cp + (i - per_part);
-        T acc = *out;
-        for (int64_t p = 1; p < parts; ++p) acc += partial[(p - 1) * stride + i];
-        *out = acc;
-      }
-    });
-  }
-  TORCH_CHECK_VALUE(!bad, "indices has values outside [0, ", K, ")");
-}
-
-void scatter_cpu(const at::Tensor& values, const at::Tensor& indices, at::Tensor& sums, at::Tensor* counts) {
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, values.scalar_type(), "pq_scatter_cpu", [&] {
-    const bool f64 = sums.scalar_type() == at::kDouble;
-    if (indices.scalar_type() == at::kLong) {
-      if (f64) scatter_cpu_impl<scalar_t, double, int64_t>(values, indices, sums, counts);
-      else scatter_cpu_impl<scalar_t, float, int64_t>(values, indices, sums, counts);
-    } else {
-      if (f64) scatter_cpu_impl<scalar_t, double, int32_t>(values, indices, sums, counts);
-      else scatter_cpu_impl<scalar_t, float, int32_t>(values, indices, sums, counts);
-    }
-  });
-}
-
-std::tuple<at::Tensor, at::Tensor> pq_ema_stats_cpu(const at::Tensor& x_in, const at::Tensor& indices_in,
-                                                    int64_t num_codes) {
-  check_scatter_args("pq_ema_stats", x_in, indices_in, num_codes);
-  TORCH_CHECK_VALUE(x_in.device().is_cpu(), "pq_ema_stats (cpu): tensors must be on the CPU, got ", x_in.device());
-  return scatter_outputs(x_in, indices_in, num_codes, true, scatter_cpu);
-}
-
-at::Tensor pq_codebook_grad_cpu(const at::Tensor& grad_in, const at::Tensor& indices_in, int64_t num_codes) {
-  check_scatter_args("pq_codebook_grad", grad_in, indices_in, num_codes);
-  TORCH_CHECK_VALUE(grad_in.device().is_cpu(), "pq_codebook_grad (cpu): tensors must be on the CPU, got ",
-                    grad_in.device());
-  return std::get<1>(scatter_outputs(grad_in, indices_in, num_codes, false, scatter_cpu));
+  return {a.quantized, a.indices};
 }
 
 }  // namespace
-}  // namespace cpu
-}  // namespace pqgan
+}  // namespace pqgan::cpu
 
-// Which copy of the CPU assignment kernels runs: "avx512", "avx2" or "generic".
-TORCH_LIBRARY_FRAGMENT(pqgan_native, m) {
-  m.def("cpu_isa() -> str", &pqgan::cpu::cpu_isa);
+// cpu_isa has no tensor argument, so its one kernel is the CompositeImplicitAutograd one (what a def with a function
+// registers), which the dispatcher also uses when no dispatch key applies.
+TORCH_LIBRARY_IMPL(pqgan_native, CompositeImplicitAutograd, m) {
+  m.impl("cpu_isa", &pqgan::cpu::cpu_isa);
 }
 
 TORCH_LIBRARY_IMPL(pqgan_native, CPU, m) {
   m.impl("pq_assign", &pqgan::cpu::pq_assign_cpu);
-  m.impl("pq_ema_stats", &pqgan::cpu::pq_ema_stats_cpu);
-  m.impl("pq_codebook_grad", &pqgan::cpu::pq_codebook_grad_cpu);
 }
