@@ -7,10 +7,11 @@ and never raised.
 The "cpu" backend's assignment is routed here (``cpu_assign``): l2 where a GEMM beats the per-code direct-formula
 loop of the C++ kernel (``uses_gemm``: d >= 128, or d >= 64 with K >= 512 -- measured on the 2-core box, see
 benchmarks/bench_native_cpu.py) goes to ``pq_assign_gemm`` (csrc/cpu/assign_gemm.cpp). Per subspace it centres x
-and the codebook on the codebook mean (or on 0 when the mean lies within the codebook's radius), scores a_k = |c'_k|^2 - 2 x'.c'_k with BLAS tile by tile over K (no (N, K)
-buffer: extra memory is bounded by the outputs' size, see the C++ file), keeps every code within the rounding bound
-of ``bound.py`` of the row's best, and re-checks those with the oracle's direct formula (a row with too many
-near-ties is decided by a direct scan). The result equals a full direct scan at any magnitude of the data.
+and the codebook on the codebook mean (or on 0 when the mean lies within the codebook's radius), scores
+a_k = |c'_k|^2 - 2 x'.c'_k with BLAS tile by tile over K (no (N, K) buffer: extra memory is bounded by the outputs'
+size, see the C++ file), keeps every code within the rounding bound of ``bound.py`` of the row's best, and re-checks
+those with the oracle's direct formula (a row with too many near-ties is decided by a direct scan). The result
+equals a full direct scan at any magnitude of the data.
 Everything else (cosine, smaller d or K) goes to ``pq_assign``, whose l2 scan for fp32 and d <= 4 is the same
 idea in registers (csrc/cpu/assign_kernel.h ``assign_small_d_expanded``: expanded formula on centred data, exact
 re-check within bound.py's bound).
