@@ -131,7 +131,7 @@ def _register() -> None:
         return
     _register_fakes()
     register_backend(Backend(name="cpu", devices=("cpu",), assign=cpu_assign, ema_stats=ema_stats,
-                             codebook_grad=codebook_grad))
+                             codebook_grad=codebook_grad, checks_indices=True))
     if "cuda" not in BUILD_INFO:
         mark_unavailable("cuda", "extension built without CUDA (rebuild with CUDA_HOME set or PQGAN_BUILD_CUDA=1)")
     elif not torch.cuda.is_available():
