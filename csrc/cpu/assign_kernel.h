@@ -289,7 +289,7 @@ static inline float hmin(Vec<float>::V v) {
 //   xs (rows, kd) uncentred, rows a multiple of kRows; cbT (kd, Kp) uncentred, NaN padding (for the re-check);
 //   ce (kd + 1, Kpe): row 0 |c'_k|^2 (NaN padding), rows 1..kd -2 c'_k (0 padding), Kpe a multiple of kExpBlock;
 //   m (kd) the centre; rc = max_k |c'_k|; coefficient = bound.py's bound_coefficient(d) for fp32.
-constexpr int kExpBlock = 64;  // codes per block (a multiple of every copy's W)
+constexpr int kExpBlock = static_cast<int>(kExpandedBlock);  // codes per block (assign_tiles.h)
 static_assert(kExpBlock <= 64, "a block's candidates are one 64-bit mask (assign_small_d_expanded)");
 template <int kd>
 static inline Vec<float>::V expanded_score(const Vec<float>::V* c, const Vec<float>::V* xb) {

@@ -32,7 +32,7 @@ PQ_DECLARE_TILE(avx512)
 // assign_tile. ce (d + 1, Kpe), Kpe a multiple of kExpandedBlock: row 0 |c'_k|^2 (NaN padding), rows 1..d -2 c'_k
 // (0 padding) for c'_k = fl(c_k - m); m (d) the centre; rc = max_k |c'_k|; coefficient = bound.py's for (d, fp32).
 constexpr int64_t kExpandedMaxD = 4;
-constexpr int64_t kExpandedBlock = 64;  // = assign_kernel.h kExpBlock
+constexpr int64_t kExpandedBlock = 64;  // codes per block of the scan: <= 64, a multiple of every copy's W
 
 // True when this build has the AVX2 copy (GCC on x86-64) and this CPU supports AVX2 and FMA.
 bool have_avx2();
