@@ -14,15 +14,19 @@ backend choice in ``dispatch.py``; backend registration in ``triton_backend.py``
 csrc/checks.h, per op one file per backend: csrc/cpu/<op>.cpp, csrc/cuda/<op>.cu, the CUDA element-wise loop in
 csrc/cuda/grid_stride.cuh). Tests shared by all backends: tests/test_kernel_suite.py (one backend-parametrised suite,
 checks in tests/kernel_checks.py), tests/test_ops.py (registration, opcheck, autograd, validation),
-tests/test_dispatch.py; backend-specific: tests/test_triton.py, tests/test_cpu_kernels.py,
-tests/test_cpu_assign_gemm.py, tests/test_cuda_kernels.py (GPU); the oracle: tests/test_reference.py.
+tests/test_dispatch.py; backend-specific: tests/test_triton.py, tests/test_triton_compile.py (every Triton kernel
+compiles for sm_90, no GPU needed), tests/test_cpu_kernels.py,
+tests/test_cpu_assign_gemm.py, tests/test_cuda_kernels.py (GPU); the oracle: tests/test_reference.py; this map:
+tests/test_kernel_map.py.
 
     pq_assign         oracle     reference.pq_assign
                       triton     triton_assign.py: ``_assign_small_kernel`` (d <= SMALL_D_MAX), ``_assign_dot_kernel``
                                  (tl.dot + exact re-check within the bound of ``bound.py``); launcher ``assign``
                       cpu        csrc/cpu/assign.cpp ``pq_assign_cpu`` (launcher, OpenMP tiles, ISA choice, op
                                  ``cpu_isa``) over the micro-kernels of csrc/cpu/assign_kernel.h, compiled per ISA in
-                                 assign_{generic,avx2,avx512}.cpp (declared in assign_tiles.h); l2 where
+                                 assign_{generic,avx2,avx512}.cpp (declared in assign_tiles.h; l2, fp32, d <= 4:
+                                 ``assign_small_d_expanded``, expanded formula + exact re-check within the bound of
+                                 ``bound.py``); l2 where
                                  ``native_backend.uses_gemm(d, K)``: ``native_backend.assign_gemm`` ->
                                  ``pqgan_native::pq_assign_gemm`` in csrc/cpu/assign_gemm.cpp (BLAS + exact re-check
                                  within the bound of ``bound.py``); Python side ``native_backend.cpu_assign``
