@@ -3,6 +3,8 @@
 #pragma once
 #include <ATen/ATen.h>
 
+#include <cmath>
+
 namespace pqgan {
 
 inline bool is_float_dtype(at::ScalarType t) {
@@ -38,6 +40,13 @@ inline void check_device(const char* op, const at::Tensor& t, c10::DeviceType de
   const bool cuda = device == c10::DeviceType::CUDA;
   TORCH_CHECK_VALUE(t.device().type() == device, op, cuda ? " (cuda)" : " (cpu)", ": tensors must be on ",
                     cuda ? "a CUDA device" : "the CPU", ", got ", t.device());
+}
+
+// The rounding-bound coefficient of pqgan_kernels/bound.py passed to an op: finite, > 0 (or 0 where allowed: the op
+// then uses no bound-checked search).
+inline void check_bound_coefficient(const char* op, double coefficient, bool zero_allowed) {
+  TORCH_CHECK_VALUE(std::isfinite(coefficient) && (coefficient > 0 || (zero_allowed && coefficient == 0)), op,
+                    ": bound_coefficient must be finite and ", zero_allowed ? ">= 0" : "> 0", ", got ", coefficient);
 }
 
 // values (N, D) float, indices (N, S) int32/int64, num_codes >= 1.

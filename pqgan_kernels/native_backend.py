@@ -17,7 +17,8 @@ idea in registers (csrc/cpu/assign_kernel.h ``assign_small_d_expanded``: expande
 re-check within bound.py's bound).
 
 Native ops (schemas in ``csrc/ops.cpp``; CPU kernels in ``csrc/cpu/<op>.cpp``, CUDA kernels in ``csrc/cuda/<op>.cu``):
-    pq_assign(x (N, S*d), codebooks (S, K, d), cosine: bool) -> (quantized (N, S*d) x.dtype, indices (N, S) int64)
+    pq_assign(x (N, S*d), codebooks (S, K, d), cosine: bool, bound_coefficient: float = 0)
+                                                             -> (quantized (N, S*d) x.dtype, indices (N, S) int64)
     pq_ema_stats(x (N, S*d), indices (N, S), num_codes)      -> (counts (S, K), sums (S, K, d))  fp32 / fp64
     pq_codebook_grad(grad (N, S*d), indices (N, S), num_codes) -> (S, K, d)                     fp32 / fp64
     pq_assign_gemm(x, codebooks, bound_coefficient) -> like pq_assign (l2, CPU only; see ``assign_gemm``)
@@ -41,7 +42,7 @@ def _register_fakes() -> None:
     """Shape functions of the native ops (for torch.compile / FakeTensor / opcheck)."""
     from .ops import assign_outputs, codebook_grad_output, ema_stats_outputs  # the one output contract per op
 
-    def assign_fake(x, codebooks, cosine):
+    def assign_fake(x, codebooks, cosine, bound_coefficient=0.0):
         return assign_outputs(x, codebooks)
 
     def stats_fake(x, indices, num_codes):
@@ -63,8 +64,13 @@ def _register_fakes() -> None:
 
 
 def assign(x: torch.Tensor, codebooks: torch.Tensor, distance: str = "l2") -> tuple[torch.Tensor, torch.Tensor]:
-    """x (N, S*d), codebooks (S, K, d) -> (quantized (N, S*d) x.dtype, indices (N, S) int64)."""
-    return torch.ops.pqgan_native.pq_assign(x, codebooks, distance == "cosine")
+    """x (N, S*d), codebooks (S, K, d) -> (quantized (N, S*d) x.dtype, indices (N, S) int64).
+
+    l2 passes the fp32-FMA rounding bound of ``bound.py`` (the CPU's expanded small-d scan uses it; CUDA ignores it).
+    """
+    cosine = distance == "cosine"
+    coefficient = 0.0 if cosine else bound_coefficient(codebooks.shape[2], "ieee", compute_dtype(x, codebooks))
+    return torch.ops.pqgan_native.pq_assign(x, codebooks, cosine, coefficient)
 
 
 def uses_gemm(d: int, K: int) -> bool:

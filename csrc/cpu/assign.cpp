@@ -106,7 +106,7 @@ struct ExpandedCodebooks {
   float coefficient = 0.f;
 };
 
-ExpandedCodebooks expanded_codebooks(const at::Tensor& cb) {  // cb (S, K, d) float
+ExpandedCodebooks expanded_codebooks(const at::Tensor& cb, float coefficient) {  // cb (S, K, d) float
   const int64_t S = cb.size(0), K = cb.size(1), d = cb.size(2);
   ExpandedCodebooks e;
   e.Kpe = (K + kExpandedBlock - 1) / kExpandedBlock * kExpandedBlock;
@@ -118,8 +118,7 @@ ExpandedCodebooks expanded_codebooks(const at::Tensor& cb) {  // cb (S, K, d) fl
   e.ce.select(1, 0).fill_(std::numeric_limits<float>::quiet_NaN());
   e.ce.select(1, 0).narrow(1, 0, K).copy_(norm2);
   e.ce.narrow(1, 1, d).narrow(2, 0, K).copy_(centred.transpose(1, 2) * -2);
-  // = pqgan_kernels/bound.py bound_coefficient(d, "ieee", torch.float32): 8 u_in + (7 d + 20) u, u_in = 0, u = 2^-24
-  e.coefficient = static_cast<float>((7 * d + 20) * std::ldexp(1.0, -24));
+  e.coefficient = coefficient;
   return e;
 }
 
@@ -185,9 +184,13 @@ void assign_cpu_impl(const at::Tensor& x, const at::Tensor& cbT, const at::Tenso
   });
 }
 
-std::tuple<at::Tensor, at::Tensor> pq_assign_cpu(const at::Tensor& x_in, const at::Tensor& codebooks, bool cosine) {
+// bound_coefficient: pqgan_kernels/bound.py's for (d, "ieee", fp32) enables the expanded l2 scan (fp32, d <= 4); 0
+// keeps every code on the direct formula.
+std::tuple<at::Tensor, at::Tensor> pq_assign_cpu(const at::Tensor& x_in, const at::Tensor& codebooks, bool cosine,
+                                                 double bound_coefficient) {
   check_assign_args(x_in, codebooks);
   check_device("pq_assign", x_in, at::kCPU);
+  check_bound_coefficient("pq_assign", bound_coefficient, /*zero_allowed=*/true);
   const at::Tensor x = x_in.contiguous();
   AssignSetup a = assign_setup(x, codebooks, cosine);
   const int64_t S = a.cb.size(0), K = a.cb.size(1), d = a.cb.size(2);
@@ -195,8 +198,9 @@ std::tuple<at::Tensor, at::Tensor> pq_assign_cpu(const at::Tensor& x_in, const a
   at::Tensor cbT = at::full({S, d, Kp}, std::numeric_limits<double>::quiet_NaN(), a.cb.options());
   cbT.narrow(2, 0, K).copy_(a.cb.transpose(1, 2));
   ExpandedCodebooks expanded;
-  const bool use_expanded = !cosine && a.compute == at::kFloat && d <= kExpandedMaxD && isa() != Isa::generic;
-  if (use_expanded) expanded = expanded_codebooks(a.cb);
+  const bool use_expanded = !cosine && bound_coefficient > 0 && a.compute == at::kFloat && d <= kExpandedMaxD &&
+                            isa() != Isa::generic;
+  if (use_expanded) expanded = expanded_codebooks(a.cb, static_cast<float>(bound_coefficient));
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "pq_assign_cpu", [&] {
     if (a.compute == at::kDouble)
       assign_cpu_impl<scalar_t, double>(x, cbT, a.cbx, cosine, nullptr, a.quantized, a.indices);

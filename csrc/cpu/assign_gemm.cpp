@@ -316,8 +316,7 @@ std::tuple<at::Tensor, at::Tensor> pq_assign_gemm_cpu(const at::Tensor& x_in, co
                                                       double bound_coefficient) {
   check_assign_args(x_in, codebooks);
   check_device("pq_assign_gemm", x_in, at::kCPU);
-  TORCH_CHECK_VALUE(std::isfinite(bound_coefficient) && bound_coefficient > 0,
-                    "pq_assign_gemm: bound_coefficient must be finite and > 0, got ", bound_coefficient);
+  check_bound_coefficient("pq_assign_gemm", bound_coefficient, /*zero_allowed=*/false);
   const at::Tensor x = x_in.contiguous();
   AssignSetup a = assign_setup(x, codebooks, /*cosine=*/false);
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "pq_assign_gemm_cpu", [&] {
