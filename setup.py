@@ -1,7 +1,8 @@
 """Build and install pqgan (the layer and model) and pqgan_kernels (kernels, with the compiled pqgan_kernels._C).
 
-The C++ CPU sources (csrc/*.cpp, csrc/cpu/*.cpp) are always compiled, with OpenMP. The CUDA sources
-(csrc/cuda/*.cu) are compiled when torch has CUDA and CUDA_HOME is set; PQGAN_BUILD_CUDA=0|1 overrides that guess.
+The C++ CPU sources (csrc/*.cpp: the module and every op schema in csrc/ops.cpp; csrc/cpu/*.cpp: one file per op)
+are always compiled, with OpenMP. The CUDA sources (csrc/cuda/*.cu, one file per op) are compiled when torch has CUDA
+and CUDA_HOME is set; PQGAN_BUILD_CUDA=0|1 overrides that guess.
 Install with:  pip install --no-build-isolation -e .
 """
 import glob

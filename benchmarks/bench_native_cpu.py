@@ -22,7 +22,8 @@ sustain -- R GFLOP/s, i.e. R / 2 G fp32 lane-FMAs per second. Per shape, by the 
 The lane-op models count one issue slot per vector lane operation at the rate the SGEMM sustains (loads, index
 book-keeping and the exact re-check are not counted, so 100 % is out of reach); --sgemm-gflops overrides R.
 Then the EMA statistics and the codebook gradient (pq_ema_stats / pq_codebook_grad, backend "cpu") with the GB/s
-they reach (bytes = x read + indices read + (counts and) sums written once) against the naive one-hot version.
+they reach (bytes = x read + indices read + (counts and) sums written once), that rate as a fraction of the
+machine's measured streaming bandwidth (a 256 MiB tensor copy, same threads), and the naive one-hot version.
 Timing: one warm-up call, then --reps timed calls; the median is reported (min in brackets).
 """
 from __future__ import annotations
@@ -135,9 +136,20 @@ def bench_assign(args, faiss):
               + (f"  (faiss: {fa})" if not callable(fa) else ""), flush=True)
 
 
+def copy_gbs(reps: int = 5) -> float:
+    """The machine's streaming bandwidth with the current threads: bytes read + written by a 256 MiB tensor copy."""
+    src = torch.randn(64 << 20)
+    dst = torch.empty_like(src)
+    best = min(timed(lambda: dst.copy_(src), 1)[1] for _ in range(reps))
+    return 2 * src.numel() * 4 / (best * 1e-3) / 1e9
+
+
 def bench_stats(args):
-    print(f"\n{'stats':10s} {'S':>3s} {'d':>4s} {'K':>6s} {'N':>5s} | {'ema ms':>8s} {'GB/s':>6s} {'naive':>8s} "
-          f"{'x naive':>7s} | {'grad ms':>8s} {'GB/s':>6s} {'x naive':>7s}")
+    bandwidth = copy_gbs()
+    print(f"\nmemory bandwidth (256 MiB tensor copy, {args.threads} threads): {bandwidth:.1f} GB/s; GB/s below count x "
+          f"and indices read once and (counts and) sums written once; 'bw' = that rate / the copy's")
+    print(f"{'stats':10s} {'S':>3s} {'d':>4s} {'K':>6s} {'N':>5s} | {'ema ms':>8s} {'GB/s':>6s} {'bw':>4s} "
+          f"{'naive':>8s} {'x naive':>7s} | {'grad ms':>8s} {'GB/s':>6s} {'bw':>4s} {'x naive':>7s}")
     for name, (S, d, K, N) in args.shapes:
         g = torch.Generator().manual_seed(1)
         x = torch.randn(N, S * d, generator=g)
@@ -151,8 +163,9 @@ def bench_stats(args):
         ema_gbs = (io + S * K * (d + 1) * 4) / ema / 1e6
         grad_gbs = (io + S * K * d * 4) / grad / 1e6
         naive_s = f"{naive:8.1f}" if naive is not None else f"{'-':>8s}"
-        print(f"{name:10s} {S:3d} {d:4d} {K:6d} {N:5d} | {ema:8.2f} {ema_gbs:6.1f} {naive_s} "
-              f"{fmt_ratio(naive, ema)} | {grad:8.2f} {grad_gbs:6.1f} {fmt_ratio(naive_grad, grad)} "
+        print(f"{name:10s} {S:3d} {d:4d} {K:6d} {N:5d} | {ema:8.2f} {ema_gbs:6.1f} {ema_gbs / bandwidth:4.0%} "
+              f"{naive_s} {fmt_ratio(naive, ema)} | {grad:8.2f} {grad_gbs:6.1f} {grad_gbs / bandwidth:4.0%} "
+              f"{fmt_ratio(naive_grad, grad)} "
               f"(vs reference index_add {naive_grad:.2f} ms)", flush=True)
 
 

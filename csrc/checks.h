@@ -1,9 +1,9 @@
 // Argument checks shared by the CPU and CUDA implementations of the pqgan_native ops. Bad shapes or values raise
-// ValueError in Python (TORCH_CHECK_VALUE), bad dtypes TypeError (TORCH_CHECK_TYPE).
+// ValueError in Python (TORCH_CHECK_VALUE), bad dtypes TypeError (TORCH_CHECK_TYPE). d = sub-dimension, D = S*d.
 #pragma once
 #include <ATen/ATen.h>
 
-#include <tuple>
+#include <cmath>
 
 namespace pqgan {
 
@@ -17,7 +17,7 @@ inline at::ScalarType compute_dtype(const at::Tensor& a, const at::Tensor& b) {
   return (a.scalar_type() == at::kDouble || b.scalar_type() == at::kDouble) ? at::kDouble : at::kFloat;
 }
 
-// x (N, S*d), codebooks (S, K, d); returns nothing, raises on mismatch.
+// x (N, D), codebooks (S, K, d); returns nothing, raises on mismatch.
 inline void check_assign_args(const at::Tensor& x, const at::Tensor& codebooks) {
   TORCH_CHECK_TYPE(is_float_dtype(x.scalar_type()), "pq_assign: x must be a float tensor, got ", x.scalar_type());
   TORCH_CHECK_TYPE(is_float_dtype(codebooks.scalar_type()), "pq_assign: codebooks must be a float tensor, got ",
@@ -34,7 +34,22 @@ inline void check_assign_args(const at::Tensor& x, const at::Tensor& codebooks) 
                     x.device(), " and ", codebooks.device());
 }
 
-// values (N, S*d) float, indices (N, S) int32/int64, num_codes >= 1.
+// The tensors of `op` are on the device type of the backend running it, e.g. "pq_assign (cpu): tensors must be on
+// the CPU, got cuda:0".
+inline void check_device(const char* op, const at::Tensor& t, c10::DeviceType device) {
+  const bool cuda = device == c10::DeviceType::CUDA;
+  TORCH_CHECK_VALUE(t.device().type() == device, op, cuda ? " (cuda)" : " (cpu)", ": tensors must be on ",
+                    cuda ? "a CUDA device" : "the CPU", ", got ", t.device());
+}
+
+// The rounding-bound coefficient of pqgan_kernels/bound.py passed to an op: finite, > 0 (or 0 where allowed: the op
+// then uses no bound-checked search).
+inline void check_bound_coefficient(const char* op, double coefficient, bool zero_allowed) {
+  TORCH_CHECK_VALUE(std::isfinite(coefficient) && (coefficient > 0 || (zero_allowed && coefficient == 0)), op,
+                    ": bound_coefficient must be finite and ", zero_allowed ? ">= 0" : "> 0", ", got ", coefficient);
+}
+
+// values (N, D) float, indices (N, S) int32/int64, num_codes >= 1.
 inline void check_scatter_args(const char* op, const at::Tensor& values, const at::Tensor& indices,
                                int64_t num_codes) {
   TORCH_CHECK_TYPE(is_float_dtype(values.scalar_type()), op, ": values must be a float tensor, got ",
@@ -50,21 +65,6 @@ inline void check_scatter_args(const char* op, const at::Tensor& values, const a
   TORCH_CHECK_VALUE(num_codes >= 1, op, ": num_codes must be >= 1, got ", num_codes);
   TORCH_CHECK_VALUE(values.device() == indices.device(), op, ": tensors must be on the same device, got ",
                     values.device(), " and ", indices.device());
-}
-
-// The body of pq_ema_stats / pq_codebook_grad after the checks, shared by the CPU and CUDA ops: contiguous inputs,
-// zeroed counts (S, K) (when with_counts) and sums (S, K, d) in the compute dtype, filled by
-// scatter(values, indices, sums, counts-or-nullptr). Returns (counts or an undefined tensor, sums).
-template <typename Scatter>
-std::tuple<at::Tensor, at::Tensor> scatter_outputs(const at::Tensor& values_in, const at::Tensor& indices_in,
-                                                   int64_t num_codes, bool with_counts, Scatter scatter) {
-  const at::Tensor values = values_in.contiguous(), indices = indices_in.contiguous();
-  const int64_t S = indices.size(1), d = values.size(1) / S;
-  const auto opts = values.options().dtype(compute_dtype(values));
-  at::Tensor counts = with_counts ? at::zeros({S, num_codes}, opts) : at::Tensor();
-  at::Tensor sums = at::zeros({S, num_codes, d}, opts);
-  scatter(values, indices, sums, with_counts ? &counts : nullptr);
-  return {counts, sums};
 }
 
 }  // namespace pqgan

@@ -7,15 +7,19 @@ and never raised.
 The "cpu" backend's assignment is routed here (``cpu_assign``): l2 where a GEMM beats the per-code direct-formula
 loop of the C++ kernel (``uses_gemm``: d >= 128, or d >= 64 with K >= 512 -- measured on the 2-core box, see
 benchmarks/bench_native_cpu.py) goes to ``pq_assign_gemm`` (csrc/cpu/assign_gemm.cpp). Per subspace it centres x
-and the codebook on the codebook mean, scores a_k = |c'_k|^2 - 2 x'.c'_k tile by tile over K -- with a fused fp32
-kernel of our own on AVX2 / AVX-512 (csrc/cpu/assign_gemm_kernel.h), else with BLAS -- (no (N, K) buffer: extra
-memory is bounded by the outputs' size, see the C++ file), keeps every code within the rounding bound
-of ``bound.py`` of the row's best, and re-checks those with the oracle's direct formula (a row with too many
-near-ties is decided by a direct scan). The result equals a full direct scan at any magnitude of the data.
-Everything else (cosine, smaller d or K) goes to ``pq_assign``.
+and the codebook on the codebook mean (or on 0 when the mean lies within the codebook's radius), scores
+a_k = |c'_k|^2 - 2 x'.c'_k tile by tile over K -- with a fused fp32 kernel of our own in the AVX2 / AVX-512 copies
+(csrc/cpu/assign_gemm_kernel.h ``gemm_scan``), else with BLAS -- (no (N, K) buffer: extra memory is bounded by the
+outputs' size, see the C++ file), keeps every code within the rounding bound of ``bound.py`` of the row's best, and
+re-checks those with the oracle's direct formula (a row with too many near-ties is decided by a direct scan). The
+result equals a full direct scan at any magnitude of the data.
+Everything else (cosine, smaller d or K) goes to ``pq_assign``, whose l2 scan for fp32 and d <= 4 is the same
+idea in registers (csrc/cpu/assign_kernel.h ``assign_small_d_expanded``: expanded formula on centred data, exact
+re-check within bound.py's bound).
 
-Native ops (schemas in ``csrc/native_ops.cpp``; CPU kernels in ``csrc/cpu/``, CUDA kernels in ``csrc/cuda/``):
-    pq_assign(x (N, S*d), codebooks (S, K, d), cosine: bool) -> (quantized (N, S*d) x.dtype, indices (N, S) int64)
+Native ops (schemas in ``csrc/ops.cpp``; CPU kernels in ``csrc/cpu/<op>.cpp``, CUDA kernels in ``csrc/cuda/<op>.cu``):
+    pq_assign(x (N, S*d), codebooks (S, K, d), cosine: bool, bound_coefficient: float = 0)
+                                                             -> (quantized (N, S*d) x.dtype, indices (N, S) int64)
     pq_ema_stats(x (N, S*d), indices (N, S), num_codes)      -> (counts (S, K), sums (S, K, d))  fp32 / fp64
     pq_codebook_grad(grad (N, S*d), indices (N, S), num_codes) -> (S, K, d)                     fp32 / fp64
     pq_assign_gemm(x, codebooks, bound_coefficient, blas=False) -> like pq_assign (l2, CPU only; see ``assign_gemm``)
@@ -40,7 +44,7 @@ def _register_fakes() -> None:
     """Shape functions of the native ops (for torch.compile / FakeTensor / opcheck)."""
     from .ops import assign_outputs, codebook_grad_output, ema_stats_outputs  # the one output contract per op
 
-    def assign_fake(x, codebooks, cosine):
+    def assign_fake(x, codebooks, cosine, bound_coefficient=0.0):
         return assign_outputs(x, codebooks)
 
     def stats_fake(x, indices, num_codes):
@@ -62,8 +66,13 @@ def _register_fakes() -> None:
 
 
 def assign(x: torch.Tensor, codebooks: torch.Tensor, distance: str = "l2") -> tuple[torch.Tensor, torch.Tensor]:
-    """x (N, S*d), codebooks (S, K, d) -> (quantized (N, S*d) x.dtype, indices (N, S) int64)."""
-    return torch.ops.pqgan_native.pq_assign(x, codebooks, distance == "cosine")
+    """x (N, S*d), codebooks (S, K, d) -> (quantized (N, S*d) x.dtype, indices (N, S) int64).
+
+    l2 passes the fp32-FMA rounding bound of ``bound.py`` (the CPU's expanded small-d scan uses it; CUDA ignores it).
+    """
+    cosine = distance == "cosine"
+    coefficient = 0.0 if cosine else bound_coefficient(codebooks.shape[2], "ieee", compute_dtype(x, codebooks))
+    return torch.ops.pqgan_native.pq_assign(x, codebooks, cosine, coefficient)
 
 
 def uses_gemm(d: int, K: int) -> bool:
@@ -138,7 +147,7 @@ def _register() -> None:
         return
     _register_fakes()
     register_backend(Backend(name="cpu", devices=("cpu",), assign=cpu_assign, ema_stats=ema_stats,
-                             codebook_grad=codebook_grad))
+                             codebook_grad=codebook_grad, checks_indices=True))
     if "cuda" not in BUILD_INFO:
         mark_unavailable("cuda", "extension built without CUDA (rebuild with CUDA_HOME set or PQGAN_BUILD_CUDA=1)")
     elif not torch.cuda.is_available():

@@ -83,8 +83,10 @@ _pq_assign_op.register_autograd(_assign_backward, setup_context=_assign_setup_co
 @torch.library.custom_op("pqgan::pq_codebook_grad", mutates_args=())
 def _pq_codebook_grad_op(grad_quantized: torch.Tensor, indices: torch.Tensor, num_codes: int,
                          backend: str) -> torch.Tensor:
-    validate.check_index_range("indices", indices, num_codes)
-    return get_backend(backend).codebook_grad(grad_quantized, indices, num_codes)
+    impl = get_backend(backend)
+    if not impl.checks_indices:
+        validate.check_index_range("indices", indices, num_codes)
+    return impl.codebook_grad(grad_quantized, indices, num_codes)
 
 
 @_pq_codebook_grad_op.register_fake
@@ -111,8 +113,10 @@ _pq_codebook_grad_op.register_autograd(_codebook_grad_backward, setup_context=_c
 @torch.library.custom_op("pqgan::pq_ema_stats", mutates_args=())
 def _pq_ema_stats_op(x: torch.Tensor, indices: torch.Tensor, num_codes: int,
                      backend: str) -> tuple[torch.Tensor, torch.Tensor]:
-    validate.check_index_range("indices", indices, num_codes)
-    counts, sums = get_backend(backend).ema_stats(x, indices, num_codes)
+    impl = get_backend(backend)
+    if not impl.checks_indices:
+        validate.check_index_range("indices", indices, num_codes)
+    counts, sums = impl.ema_stats(x, indices, num_codes)
     return counts, sums
 
 
@@ -125,8 +129,9 @@ def _(x, indices, num_codes, backend):
 def _pq_ema_update_op(x: torch.Tensor, indices: torch.Tensor, codebooks: torch.Tensor, cluster_size: torch.Tensor,
                       embed_sum: torch.Tensor, decay: float, eps: float, backend: str) -> None:
     validate.check_finite("x", x)
-    validate.check_index_range("indices", indices, codebooks.shape[1])
     impl = get_backend(backend)
+    if impl.ema_update is not None or not impl.checks_indices:  # else ema_stats checks them before any update
+        validate.check_index_range("indices", indices, codebooks.shape[1])
     if impl.ema_update is not None:
         impl.ema_update(x, indices, codebooks, cluster_size, embed_sum, decay, eps)
     else:

@@ -58,8 +58,11 @@ def check_finite(name: str, t: torch.Tensor) -> None:
 
 
 def check_index_range(name: str, indices: torch.Tensor, num_codes: int) -> None:
-    if _value_checks and indices.numel() and (bool((indices < 0).any()) or bool((indices >= num_codes).any())):
-        raise ValueError(f"{name} has values outside [0, {num_codes})")
+    """Raise unless every index is in [0, num_codes) (one min/max pass, no temporaries; skipped with checks off)."""
+    if _value_checks and indices.numel():
+        lo, hi = torch.aminmax(indices)
+        if bool(lo < 0) or bool(hi >= num_codes):
+            raise ValueError(f"{name} has values outside [0, {num_codes})")
 
 
 def check_codebooks(codebooks: torch.Tensor) -> tuple[int, int, int]:

@@ -10,6 +10,7 @@ import torch
 
 import pqgan_kernels
 from pqgan_kernels import reference
+from pqgan_kernels.bound import bound_coefficient
 from kernel_checks import assert_assignment, random_case, torch_threads
 
 native = pytest.importorskip("pqgan_kernels.native_backend")
@@ -185,6 +186,7 @@ def test_opcheck_native_ops():
     x, cb = random_case(21, 3, 2, 7, seed=2)
     idx = torch.randint(0, 7, (21, 3))
     torch.library.opcheck(ops.pq_assign.default, (x, cb, False))
+    torch.library.opcheck(ops.pq_assign.default, (x, cb, False, bound_coefficient(2)))
     torch.library.opcheck(ops.pq_assign.default, (x.double(), cb, True))
     torch.library.opcheck(ops.pq_ema_stats.default, (x, idx, 7))
     torch.library.opcheck(ops.pq_codebook_grad.default, (x, idx.int(), 7))
@@ -287,3 +289,18 @@ def test_assign_expanded_scan_non_finite_rows():
     assert torch.equal(idx[bad], direct[bad])
     good = ~bad.any(1)
     assert_assignment(x[good], cb, reference.pq_lookup(cb, idx[good]), idx[good])
+
+
+@pytest.mark.parametrize("coefficient", [float("nan"), float("inf"), -1e-6])
+def test_assign_refuses_a_bad_bound_coefficient(coefficient):
+    x, cb = random_case(8, 2, 2, 16, seed=3)
+    with pytest.raises(ValueError, match="bound_coefficient"):
+        ops.pq_assign(x, cb, False, coefficient)
+
+
+def test_assign_same_codes_with_and_without_the_bound():
+    """Coefficient 0 keeps the direct-formula scan, bound.py's enables the expanded one: the codes are the same."""
+    x, cb = _expanded_case("offset", 2)
+    direct = ops.pq_assign(x, cb, False, 0.0)
+    expanded = ops.pq_assign(x, cb, False, bound_coefficient(2))
+    assert torch.equal(direct[1], expanded[1]) and torch.equal(direct[0], expanded[0])

@@ -2,9 +2,10 @@
 // Only torch-free headers are included, all before the target pragma, so no shared inline code gets AVX-512 code.
 #include <cstdint>
 
-#include "cpu/kernels.h"
+#include "cpu/assign_gemm_scan.h"
+#include "cpu/assign_tiles.h"
 
-#if defined(__GNUC__) && !defined(__clang__) && (defined(__x86_64__) || defined(__i386__))
+#ifdef PQ_HAVE_ISA_COPIES
 #pragma GCC push_options
 #pragma GCC target("avx512f,avx512vl,avx512bw,avx512dq,avx2,fma")
 #pragma GCC optimize("fp-contract=fast")
@@ -15,30 +16,14 @@
 #include "cpu/assign_gemm_kernel.h"
 #pragma GCC pop_options
 
-namespace pqgan {
-namespace cpu {
+namespace pqgan::cpu {
 bool have_avx512() {
   __builtin_cpu_init();
   return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512vl") &&
          __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512dq") && have_avx2();
 }
-}  // namespace cpu
-}  // namespace pqgan
+}  // namespace pqgan::cpu
 
-#else  // no AVX-512 copy: forward to the AVX2 one (itself forwarding to generic where absent)
-
-namespace pqgan {
-namespace cpu {
-namespace avx512 {
-void assign_tile(const float* xs, int64_t rows, int64_t d, const float* cbT, int64_t Kp, bool cosine, int64_t* out) {
-  avx2::assign_tile(xs, rows, d, cbT, Kp, cosine, out);
-}
-void assign_tile(const double* xs, int64_t rows, int64_t d, const double* cbT, int64_t Kp, bool cosine,
-                 int64_t* out) {
-  avx2::assign_tile(xs, rows, d, cbT, Kp, cosine, out);
-}
-}  // namespace avx512
-bool have_avx512() { return false; }
-}  // namespace cpu
-}  // namespace pqgan
+#else
+PQ_FORWARD_TILE(avx512, avx2)  // itself forwarding to generic where it has no copy
 #endif

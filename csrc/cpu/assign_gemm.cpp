@@ -40,12 +40,12 @@
 #include <type_traits>
 #include <vector>
 
-#include "checks.h"
+#include "assign_setup.h"
 #include "cpu/assign_gemm_scan.h"
+#include "cpu/assign_tiles.h"
 #include "cpu/isa.h"
 
-namespace pqgan {
-namespace cpu {
+namespace pqgan::cpu {
 namespace {
 
 constexpr int64_t kGroupRows = 512;      // rows per BLAS call at most (fewer packings of the code tile) ...
@@ -341,7 +341,7 @@ void take_block(void* ctx, const float* scores, int64_t row0, int64_t rows, cons
 
 // The fused scorer of this process (AVX2 / AVX-512 copies; nullptr for the baseline ISA or other compilers).
 GemmScanFn fused_scanner() {
-#ifdef PQ_HAVE_GEMM_SCAN
+#ifdef PQ_HAVE_ISA_COPIES
   switch (isa()) {
     case Isa::avx512: return avx512::gemm_scan;
     case Isa::avx2: return avx2::gemm_scan;
@@ -462,27 +462,20 @@ void assign_gemm_impl(const at::Tensor& x, const at::Tensor& cb, const at::Tenso
 std::tuple<at::Tensor, at::Tensor> pq_assign_gemm_cpu(const at::Tensor& x_in, const at::Tensor& codebooks,
                                                       double bound_coefficient, bool blas) {
   check_assign_args(x_in, codebooks);
-  TORCH_CHECK_VALUE(x_in.device().is_cpu(), "pq_assign_gemm (cpu): tensors must be on the CPU, got ",
-                    x_in.device());
-  TORCH_CHECK_VALUE(std::isfinite(bound_coefficient) && bound_coefficient > 0,
-                    "pq_assign_gemm: bound_coefficient must be finite and > 0, got ", bound_coefficient);
+  check_device("pq_assign_gemm", x_in, at::kCPU);
+  check_bound_coefficient("pq_assign_gemm", bound_coefficient, /*zero_allowed=*/false);
   const at::Tensor x = x_in.contiguous();
-  const int64_t N = x.size(0), S = codebooks.size(0);
-  const at::ScalarType ct = compute_dtype(x, codebooks);
-  const at::Tensor cb = codebooks.to(ct).contiguous();
-  const at::Tensor cbx = codebooks.to(x.scalar_type()).contiguous();
-  at::Tensor quantized = at::empty_like(x);
-  at::Tensor indices = at::empty({N, S}, x.options().dtype(at::kLong));
+  AssignSetup a = assign_setup(x, codebooks, /*cosine=*/false);
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "pq_assign_gemm_cpu", [&] {
-    if (ct == at::kDouble) assign_gemm_impl<scalar_t, double>(x, cb, cbx, bound_coefficient, blas, quantized, indices);
-    else assign_gemm_impl<scalar_t, float>(x, cb, cbx, bound_coefficient, blas, quantized, indices);
+    if (a.compute == at::kDouble)
+      assign_gemm_impl<scalar_t, double>(x, a.cb, a.cbx, bound_coefficient, blas, a.quantized, a.indices);
+    else assign_gemm_impl<scalar_t, float>(x, a.cb, a.cbx, bound_coefficient, blas, a.quantized, a.indices);
   });
-  return {quantized, indices};
+  return {a.quantized, a.indices};
 }
 
 }  // namespace
-}  // namespace cpu
-}  // namespace pqgan
+}  // namespace pqgan::cpu
 
 TORCH_LIBRARY_IMPL(pqgan_native, CPU, m) {
   m.impl("pq_assign_gemm", &pqgan::cpu::pq_assign_gemm_cpu);

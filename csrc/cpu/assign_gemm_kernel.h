@@ -23,9 +23,7 @@
 #error "include assign_kernel.h of an AVX2 / AVX-512 copy before assign_gemm_kernel.h"
 #endif
 
-namespace pqgan {
-namespace cpu {
-namespace PQ_KERNEL_NS {
+namespace pqgan::cpu::PQ_KERNEL_NS {
 
 constexpr int kScanVecs = 2;                           // row vectors per register block
 constexpr int kScanCodes = PQ_VEC_BYTES == 64 ? 12 : 6;  // codes per register block
@@ -100,6 +98,4 @@ void gemm_scan(const float* panels, int64_t npanels, int64_t d, const float* cod
   }
 }
 
-}  // namespace PQ_KERNEL_NS
-}  // namespace cpu
-}  // namespace pqgan
+}  // namespace pqgan::cpu::PQ_KERNEL_NS

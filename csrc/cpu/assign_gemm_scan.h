@@ -1,5 +1,6 @@
 // Declarations of the fused score-and-scan kernel of the GEMM path (assign_gemm_kernel.h), one copy per
-// instruction set with FMA (AVX2, AVX-512); the caller is assign_gemm.cpp. Torch-free: the ISA copies include it.
+// instruction set with FMA (AVX2, AVX-512; built where assign_tiles.h defines PQ_HAVE_ISA_COPIES); the caller is
+// assign_gemm.cpp. Torch-free: the ISA copies include it before their target pragmas.
 //
 // gemm_scan scores every (row, code) pair of a task's row panels against one tile of codes,
 //   a = |c|^2 - 2 x.c   (fp32, one fused multiply-add per product, no score tile in memory),
@@ -17,12 +18,7 @@
 #pragma once
 #include <cstdint>
 
-#if defined(__GNUC__) && !defined(__clang__) && (defined(__x86_64__) || defined(__i386__))
-#define PQ_HAVE_GEMM_SCAN 1  // this compiler builds the AVX2 and AVX-512 copies (GCC target pragmas)
-#endif
-
-namespace pqgan {
-namespace cpu {
+namespace pqgan::cpu {
 
 constexpr int64_t kGemmPanelRows = 32;  // rows per packed panel (two 16-float vectors / four 8-float vectors)
 constexpr int64_t kGemmCodeBlock = 12;  // codes per register block of the widest copy; tiles are multiples of it
@@ -42,5 +38,4 @@ PQ_DECLARE_GEMM_SCAN(avx2)
 PQ_DECLARE_GEMM_SCAN(avx512)
 #undef PQ_DECLARE_GEMM_SCAN
 
-}  // namespace cpu
-}  // namespace pqgan
+}  // namespace pqgan::cpu

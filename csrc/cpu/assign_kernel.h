@@ -2,13 +2,13 @@
 //
 // Torch-free on purpose: this header is compiled three times, for the baseline x86-64 ISA (assign_generic.cpp),
 // under `#pragma GCC target("avx2,fma")` (assign_avx2.cpp) and with 64-byte vectors under an AVX-512 target
-// (assign_avx512.cpp, PQ_VEC_BYTES=64); ops_cpu.cpp picks one at run time. It must not
+// (assign_avx512.cpp, PQ_VEC_BYTES=64); assign.cpp picks one at run time. It must not
 // call out-of-line library code (std:: templates would be instantiated with the AVX2 target and could be merged with
 // the baseline copies by the linker), so it only uses GCC vector extensions and plain loops.
 //
 // Shapes (all contiguous, T = float or double, the compute type):
 //   xs   (rows, d)  the rows' sub-vectors of this subspace; rows is a multiple of kRows (padding rows are ignored)
-//   cbT  (d, Kp)    the codebook of this subspace transposed, Kp a multiple of kCodeStep (and of kernels.h's
+//   cbT  (d, Kp)    the codebook of this subspace transposed, Kp a multiple of kCodeStep (and of assign_tiles.h's
 //                   kTileCodes, a multiple of every copy's kCodeStep); columns K..Kp-1 are NaN
 //                   (a NaN distance never compares smaller, so padding codes are never chosen)
 //   out  (rows,)    index of the nearest codeword: smallest sum of squared differences (l2), or the largest dot
@@ -173,7 +173,7 @@ static inline typename Vec<T>::V small_score(const typename Vec<T>::V* c, const 
 // the block's start is recorded where a lane's min improves (strictly: the first block reaching the final min).
 // At the end the row's min v* is known, and the block recorded by each lane holding v* is re-scored for that row
 // to find the lowest code with score v* -- the same answer as a per-code compare, at a fraction of the ops.
-constexpr int kBlockCodes = 32;  // = kernels.h kTileCodes: Kp is a multiple of it
+constexpr int kBlockCodes = 32;  // = assign_tiles.h kTileCodes: Kp is a multiple of it
 template <typename T, int kd, bool COS>
 static void assign_small_d(const T* xs, int64_t rows, const T* cbT, int64_t Kp, int64_t* out) {
   using V = typename Vec<T>::V;
@@ -289,7 +289,7 @@ static inline float hmin(Vec<float>::V v) {
 //   xs (rows, kd) uncentred, rows a multiple of kRows; cbT (kd, Kp) uncentred, NaN padding (for the re-check);
 //   ce (kd + 1, Kpe): row 0 |c'_k|^2 (NaN padding), rows 1..kd -2 c'_k (0 padding), Kpe a multiple of kExpBlock;
 //   m (kd) the centre; rc = max_k |c'_k|; coefficient = bound.py's bound_coefficient(d) for fp32.
-constexpr int kExpBlock = 64;  // codes per block (a multiple of every copy's W)
+constexpr int kExpBlock = static_cast<int>(kExpandedBlock);  // codes per block (assign_tiles.h)
 static_assert(kExpBlock <= 64, "a block's candidates are one 64-bit mask (assign_small_d_expanded)");
 template <int kd>
 static inline Vec<float>::V expanded_score(const Vec<float>::V* c, const Vec<float>::V* xb) {

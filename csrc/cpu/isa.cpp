@@ -4,10 +4,9 @@
 #include <cstdlib>
 #include <string>
 
-#include "cpu/kernels.h"
+#include "cpu/assign_tiles.h"
 
-namespace pqgan {
-namespace cpu {
+namespace pqgan::cpu {
 
 Isa isa() {
   static const Isa value = [] {
@@ -21,5 +20,4 @@ Isa isa() {
   return value;
 }
 
-}  // namespace cpu
-}  // namespace pqgan
+}  // namespace pqgan::cpu
