@@ -97,7 +97,8 @@ def matmul_precision() -> str:
         return "medium"
 
 
-def assign_gemm(x: torch.Tensor, codebooks: torch.Tensor, blas: bool | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+def assign_gemm(x: torch.Tensor, codebooks: torch.Tensor,
+                blas: bool | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """The GEMM path, whatever d and K: x (N, S*d), codebooks (S, K, d) -> (quantized (N, S*d) x.dtype, indices
     (N, S) int64), exact l2.
 

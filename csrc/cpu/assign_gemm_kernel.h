@@ -10,10 +10,11 @@
 // panel, one broadcast per code, kScanVecs * kScanCodes FMAs. The dot products are fp32 with one rounding per
 // fused multiply-add, in order j = 0 .. d - 1 (bound.py's u_in = 0 and any summation order). A block's scores are
 // fl(|c|^2 - 2 acc) (2 acc is exact), their per-row minimum is compared with the row's threshold, and only a block
-// with a score <= threshold is stored and handed to the caller. Loop order: row panel outer (the block's rows,
-// d * 128 bytes, stay in L1, with their candidate lists), the tile's code blocks inner (streamed from L2, where the
-// caller keeps the tile), so each row sees its codes in ascending order. (Code blocks outer, row panels streamed
-// from L2, measured 5-9% slower at d = 64 .. 256 on the 2-core AVX-512 Xeon.)
+// with a score <= threshold is stored and handed to the caller, with the pairs within min(threshold, fl(the row's
+// block minimum + B)) marked (no other pair can be within the final best + B). Loop order: row block outer (its
+// rows, 4 * rows * d bytes, stay in L1 with their candidate lists), the tile's code blocks inner (streamed from L2,
+// where the caller keeps the tile), so each row sees its codes in ascending order. (Code blocks outer, row panels
+// streamed from L2, measured 5-9% slower at d = 64 .. 256 on the 2-core AVX-512 Xeon.)
 #pragma once
 #include <cstdint>
 

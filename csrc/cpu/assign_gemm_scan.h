@@ -29,10 +29,10 @@ typedef void (*GemmHitFn)(void* ctx, const float* scores, int64_t row0, int64_t 
 typedef void (*GemmScanFn)(const float* panels, int64_t npanels, int64_t d, const float* codes, const float* norms,
                            int64_t kt, int64_t code0, float* thr, const float* bound, GemmHitFn hit, void* ctx);
 
-#define PQ_DECLARE_GEMM_SCAN(NS)                                                                              \
-  namespace NS {                                                                                              \
-  void gemm_scan(const float* panels, int64_t npanels, int64_t d, const float* codes, const float* norms,     \
-                 int64_t kt, int64_t code0, float* thr, const float* bound, GemmHitFn hit, void* ctx);                             \
+#define PQ_DECLARE_GEMM_SCAN(NS)                                                                           \
+  namespace NS {                                                                                           \
+  void gemm_scan(const float* panels, int64_t npanels, int64_t d, const float* codes, const float* norms,  \
+                 int64_t kt, int64_t code0, float* thr, const float* bound, GemmHitFn hit, void* ctx);     \
   }
 PQ_DECLARE_GEMM_SCAN(avx2)
 PQ_DECLARE_GEMM_SCAN(avx512)
