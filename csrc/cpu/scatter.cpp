@@ -104,7 +104,8 @@ void scatter_cpu_impl(const at::Tensor& values, const at::Tensor& indices, at::T
       units >= kMinUnits ? 1
                          : std::max<int64_t>(1, std::min<int64_t>({kStatParts, (N + kStatPartRows - 1) / kStatPartRows,
                                                                    1 + (N * D) / std::max<int64_t>(1, out_elems)}));
-  const int64_t groups = std::min<int64_t>(units, (4 * threads + parts - 1) / parts);
+  // one contiguous range of units per thread and row part: every pass over the rows reads each row once
+  const int64_t groups = std::min<int64_t>(units, (threads + parts - 1) / parts);
   const int64_t per_part = S * K * d;
   const int64_t stride = per_part + (cp ? S * K : 0);
   const at::Tensor partial = at::zeros({parts > 1 ? (parts - 1) * stride : 0}, sums.options());
