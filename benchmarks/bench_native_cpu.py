@@ -69,7 +69,7 @@ def sgemm_gflops(reps: int = 5) -> float:
 
 def assign_path(d: int, K: int) -> str:
     """Which kernel the "cpu" backend runs for an fp32 l2 assignment: "sgemm", "expanded" or "direct"."""
-    if native_backend.uses_gemm(d, K):
+    if native_backend.uses_gemm(d, K, fused=torch.ops.pqgan_native.cpu_isa() != "generic"):  # fp32 inputs
         return "sgemm"
     if d <= 4 and torch.ops.pqgan_native.cpu_isa() != "generic":
         return "expanded"

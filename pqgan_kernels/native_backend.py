@@ -5,8 +5,9 @@ goes wrong (extension not built, built without CUDA, no GPU, stale build) is rec
 and never raised.
 
 The "cpu" backend's assignment is routed here (``cpu_assign``): l2 where a GEMM beats the per-code direct-formula
-loop of the C++ kernel (``uses_gemm``: d >= 128, or d >= 64 with K >= 512 -- measured on the 2-core box, see
-benchmarks/bench_native_cpu.py) goes to ``pq_assign_gemm`` (csrc/cpu/assign_gemm.cpp). Per subspace it centres x
+loop of the C++ kernel (``uses_gemm``: with the fused fp32 scorer d >= 48, or d >= 8 with d * K >= 16384; with
+BLAS d >= 128, or d >= 64 with K >= 512 -- measured on the 2-core box, see benchmarks/bench_native_cpu.py) goes to
+``pq_assign_gemm`` (csrc/cpu/assign_gemm.cpp). Per subspace it centres x
 and the codebook on the codebook mean (or on 0 when the mean lies within the codebook's radius), scores
 a_k = |c'_k|^2 - 2 x'.c'_k tile by tile over K -- with a fused fp32 kernel of our own in the AVX2 / AVX-512 copies
 (csrc/cpu/assign_gemm_kernel.h ``gemm_scan``), else with BLAS -- (no (N, K) buffer: extra memory is bounded by the
@@ -34,9 +35,17 @@ from .reference import compute_dtype
 
 BUILD_INFO = None
 
+# Where the GEMM path beats the direct-formula scan (measured on the 2-core AVX-512 Xeon, one process, N = 4096-8192):
+# with BLAS scoring (the baseline ISA copy, fp64, a lowered fp32 matmul precision) ...
 GEMM_MIN_D = 64        # below this d the direct-formula kernel wins at every K measured
 GEMM_ALWAYS_D = 128    # from this d the GEMM path wins at every K measured
 GEMM_MIN_CODES = 512   # between the two, the GEMM path wins from this K on
+# ... with the fused fp32 kernel (AVX2 / AVX-512 copies): direct / fused time 1.02-1.34 from d = 48 at every K
+# measured (16 .. 16384), 1.02-1.31 for 8 <= d < 48 once d * K >= 16384 (e.g. VQ d = 8, K = 16384: 1.15), but
+# 0.82-0.91 below it (d = 8 K = 1024, d = 16 K = 512, d = 32 K = 256)
+FUSED_MIN_D = 48
+FUSED_MIN_SMALL_D = 8
+FUSED_MIN_DK = 16384
 FULL_PRECISION = ("highest", "ieee")  # matmul precisions with fp32 multiplier inputs (bound.py's u_in = 0)
 
 
@@ -75,9 +84,19 @@ def assign(x: torch.Tensor, codebooks: torch.Tensor, distance: str = "l2") -> tu
     return torch.ops.pqgan_native.pq_assign(x, codebooks, cosine, coefficient)
 
 
-def uses_gemm(d: int, K: int) -> bool:
-    """Whether the "cpu" backend's l2 assignment of sub-dim d against K codes takes the GEMM path."""
+def uses_gemm(d: int, K: int, fused: bool = False) -> bool:
+    """Whether the "cpu" backend's l2 assignment of sub-dim d against K codes takes the GEMM path; fused: whether
+    that path would score with the fused fp32 kernel (``fused_scoring``) rather than BLAS."""
+    if fused:
+        return d >= FUSED_MIN_D or (d >= FUSED_MIN_SMALL_D and d * K >= FUSED_MIN_DK)
     return d >= GEMM_ALWAYS_D or (d >= GEMM_MIN_D and K >= GEMM_MIN_CODES)
+
+
+def fused_scoring(x: torch.Tensor, codebooks: torch.Tensor) -> bool:
+    """Whether ``assign_gemm`` scores these inputs with the fused fp32 kernel: an AVX2 / AVX-512 copy, fp32
+    compute and full fp32 matmul precision (else BLAS, see ``assign_gemm``)."""
+    return (torch.ops.pqgan_native.cpu_isa() != "generic" and compute_dtype(x, codebooks) == torch.float32
+            and matmul_precision() in FULL_PRECISION)
 
 
 def matmul_precision() -> str:
@@ -114,8 +133,8 @@ def assign_gemm(x: torch.Tensor, codebooks: torch.Tensor,
 
 
 def cpu_assign(x: torch.Tensor, codebooks: torch.Tensor, distance: str = "l2") -> tuple[torch.Tensor, torch.Tensor]:
-    """``assign`` on the CPU; l2 where ``uses_gemm(d, K)`` goes to the exact GEMM path (faster)."""
-    if distance == "l2" and uses_gemm(codebooks.shape[2], codebooks.shape[1]):
+    """``assign`` on the CPU; l2 where ``uses_gemm`` goes to the exact GEMM path (faster)."""
+    if distance == "l2" and uses_gemm(codebooks.shape[2], codebooks.shape[1], fused_scoring(x, codebooks)):
         return assign_gemm(x, codebooks)
     return assign(x, codebooks, distance)
 

@@ -13,7 +13,7 @@ import torch
 
 import pqgan_kernels
 from pqgan_kernels import native_backend, reference
-from pqgan_kernels.native_backend import GEMM_ALWAYS_D, GEMM_MIN_CODES, GEMM_MIN_D
+from pqgan_kernels.native_backend import FUSED_MIN_D, FUSED_MIN_DK, GEMM_ALWAYS_D, GEMM_MIN_CODES, GEMM_MIN_D
 
 from benchmarks.timing import peak_extra_bytes
 from kernel_checks import assert_assignment, random_case
@@ -209,12 +209,41 @@ def test_peak_memory_at_most_twice_the_output(centre, blas):
     assert 0 < peak <= 2 * output, (peak, output)
 
 
+def test_uses_gemm_thresholds():
+    """BLAS scoring: d >= 128, or d >= 64 with K >= 512; fused scoring: d >= 48, or d >= 8 with d * K >= 16384."""
+    assert native_backend.uses_gemm(GEMM_ALWAYS_D, 1) and native_backend.uses_gemm(GEMM_MIN_D, GEMM_MIN_CODES)
+    assert not native_backend.uses_gemm(GEMM_MIN_D, GEMM_MIN_CODES - 1)
+    assert not native_backend.uses_gemm(GEMM_MIN_D - 1, 1 << 20)
+    assert native_backend.uses_gemm(FUSED_MIN_D, 1, fused=True)
+    assert native_backend.uses_gemm(8, FUSED_MIN_DK // 8, fused=True)
+    assert not native_backend.uses_gemm(8, FUSED_MIN_DK // 8 - 1, fused=True)
+    assert not native_backend.uses_gemm(7, 1 << 20, fused=True)
+    assert not native_backend.uses_gemm(FUSED_MIN_D - 1, FUSED_MIN_DK // (FUSED_MIN_D - 1) - 1, fused=True)
+
+
+def test_fused_scoring_needs_fp32_and_full_precision():
+    x, cb = random_case(4, 1, 64, 8)
+    fused = torch.ops.pqgan_native.cpu_isa() != "generic"
+    assert native_backend.fused_scoring(x, cb) == fused
+    assert not native_backend.fused_scoring(x.double(), cb)
+    previous = torch.get_float32_matmul_precision()
+    try:
+        torch.set_float32_matmul_precision("medium")
+        assert not native_backend.fused_scoring(x, cb)
+    finally:
+        torch.set_float32_matmul_precision(previous)
+
+
 def test_gemm_path_is_used_only_for_l2_and_large_d(monkeypatch):
     calls = []
     real = native_backend.assign_gemm
     monkeypatch.setattr(native_backend, "assign_gemm", lambda *a: calls.append(a[1].shape) or real(*a))
-    big = (GEMM_ALWAYS_D, 4), (GEMM_MIN_D, GEMM_MIN_CODES)
-    small = (GEMM_MIN_D, GEMM_MIN_CODES - 1), (GEMM_MIN_D - 1, 2 * GEMM_MIN_CODES)
+    if native_backend.fused_scoring(*random_case(4, 1, 64, 8)):
+        big = (FUSED_MIN_D, 4), (8, FUSED_MIN_DK // 8)
+        small = (FUSED_MIN_D - 1, 8), (8, FUSED_MIN_DK // 8 - 1), (7, 4 * FUSED_MIN_DK)
+    else:
+        big = (GEMM_ALWAYS_D, 4), (GEMM_MIN_D, GEMM_MIN_CODES)
+        small = (GEMM_MIN_D, GEMM_MIN_CODES - 1), (GEMM_MIN_D - 1, 2 * GEMM_MIN_CODES)
     for d, K in big + small:
         x, cb = random_case(8, 1, d, K)
         pqgan_kernels.pq_assign(x, cb, backend="cpu")
