@@ -67,11 +67,12 @@ def sgemm_gflops(reps: int = 5) -> float:
     return 2 * n ** 3 / (best * 1e-3) / 1e9
 
 
-def assign_path(d: int, K: int) -> str:
+def assign_path(x: torch.Tensor, cb: torch.Tensor) -> str:
     """Which kernel the "cpu" backend runs for an fp32 l2 assignment: "sgemm", "expanded" or "direct"."""
-    if native_backend.uses_gemm(d, K, fused=torch.ops.pqgan_native.cpu_isa() != "generic"):  # fp32 inputs
+    d, K = cb.shape[2], cb.shape[1]
+    if native_backend.uses_gemm(d, K, native_backend.fused_scoring(x, cb)):
         return "sgemm"
-    if d <= 4 and torch.ops.pqgan_native.cpu_isa() != "generic":
+    if d <= 4 and torch.ops.pqgan_native.cpu_isa() != "generic":  # csrc/cpu/assign.cpp use_expanded, fp32 inputs
         return "expanded"
     return "direct"
 
@@ -126,7 +127,7 @@ def bench_assign(args, faiss):
         else:
             row["compile"] = None
         row["naive"] = timed(lambda: pq_assign_naive(x, cb), max(1, min(args.reps, 5)))[0]
-        kind = assign_path(d, K)
+        kind = assign_path(x, cb)
         limit = limit_ms(kind, N, S, d, K, args.sgemm_gflops)
         print(f"{name:10s} {S:3d} {d:4d} {K:6d} {N:5d} | {ours[0]:8.1f} "
               + " ".join(f"{row[k]:8.1f}" if row[k] is not None else f"{'-':>8s}" for k in ("faiss", "compile",

@@ -122,13 +122,13 @@ def assign_gemm(x: torch.Tensor, codebooks: torch.Tensor,
     (N, S) int64), exact l2.
 
     blas: score with torch's BLAS (at its fp32 matmul precision) instead of the fused fp32 kernel of the AVX2 /
-    AVX-512 copies (which the baseline copy and fp64 compute lack, and use BLAS anyway); None: BLAS only where the
-    matmul precision is lowered (oneDNN's bf16 then runs at twice the fp32 rate on the 2-core AVX-512 box).
+    AVX-512 copies (which the baseline copy and fp64 compute lack, and use BLAS anyway); None: BLAS unless
+    ``fused_scoring`` (so BLAS where the matmul precision is lowered: oneDNN's bf16 then runs at twice the fp32 rate
+    on the 2-core AVX-512 box).
     """
-    precision = matmul_precision()
-    coefficient = bound_coefficient(codebooks.shape[2], precision, compute_dtype(x, codebooks))
+    coefficient = bound_coefficient(codebooks.shape[2], matmul_precision(), compute_dtype(x, codebooks))
     if blas is None:
-        blas = precision not in FULL_PRECISION
+        blas = not fused_scoring(x, codebooks)
     return torch.ops.pqgan_native.pq_assign_gemm(x, codebooks, coefficient, blas)
 
 

@@ -41,8 +41,8 @@ std::string cpu_isa() {
 
 template <typename T>
 void assign_tile_dispatch(const T* xs, int64_t rows, int64_t d, const T* cbT, int64_t Kp, bool cosine, int64_t* out) {
-  // The 64-byte copy only for d >= 5 (the register-blocked any-d kernel): measured per-thread CPU time on an
-  // AVX-512 Xeon with one 512-bit FP port, it is ~17% faster there and 10-35% slower for d <= 4.
+  // The 64-byte copy only for d >= 5 (the register-blocked any-d kernel): measured per-thread CPU time on the
+  // 2-core AVX-512 Xeon, it is ~17% faster there and 10-35% slower for d <= 4.
   switch (isa()) {
     case Isa::avx512:
       if (d >= 5) return avx512::assign_tile(xs, rows, d, cbT, Kp, cosine, out);
@@ -145,6 +145,7 @@ void assign_cpu_impl(const at::Tensor& x, const at::Tensor& cbT, const at::Tenso
           const scalar_t* src = xp + (n0 + r) * D + s * d;
           for (int64_t j = 0; j < d; ++j) buf[r * d + j] = static_cast<T>(src[j]);
         }
+        bool decided = false;
         if constexpr (std::is_same<T, float>::value) {
           if (expanded != nullptr) {
             assign_tile_expanded_dispatch(buf.data(), padded, d, cbTp + s * d * Kp, Kp,
@@ -152,12 +153,10 @@ void assign_cpu_impl(const at::Tensor& x, const at::Tensor& cbT, const at::Tenso
                                           expanded->Kpe, expanded->m.data_ptr<float>() + s * d,
                                           expanded->rc.data_ptr<float>()[s], expanded->coefficient, out.data());
             decide_marked_rows(buf.data(), rows, d, cbTp + s * d * Kp, Kp, out.data());
-          } else {
-            assign_tile_dispatch<T>(buf.data(), padded, d, cbTp + s * d * Kp, Kp, cosine, out.data());
+            decided = true;
           }
-        } else {
-          assign_tile_dispatch<T>(buf.data(), padded, d, cbTp + s * d * Kp, Kp, cosine, out.data());
         }
+        if (!decided) assign_tile_dispatch<T>(buf.data(), padded, d, cbTp + s * d * Kp, Kp, cosine, out.data());
         for (int64_t r = 0; r < rows; ++r) {
           const int64_t k = out[r];
           ip[(n0 + r) * S + s] = k;
