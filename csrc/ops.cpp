@@ -1,10 +1,11 @@
 // The Python module pqgan_kernels._C and the schema of every native op (namespace pqgan_native), in one place.
 // Importing _C loads this library; each backend's file registers its implementations (TORCH_LIBRARY_IMPL).
 // d = sub-dimension, D = S*d.
-//   pq_assign(x (N, D), codebooks (S, K, d), cosine, bound_coefficient = 0)
+//   pq_assign(x (N, D), codebooks (S, K, d), cosine, bound_coefficient = 0, grid = false)
 //                                                    -> (quantized (N, D) x.dtype, indices (N, S) int64)
 //       CPU cpu/assign.cpp, CUDA cuda/assign.cu; bound_coefficient (pqgan_kernels/bound.py, fp32 FMAs) > 0 lets the
-//       CPU use its expanded l2 scan for fp32 and d <= 4, 0 keeps the direct formula; CUDA ignores it
+//       CPU use its expanded l2 scan for fp32 and d <= 4, 0 keeps the direct formula; grid lets the CPU use its
+//       cell-grid search for l2, fp32 and d <= 2 (cpu/assign_grid.h); CUDA ignores both
 //   pq_ema_stats(x (N, D), indices (N, S), K)        -> (counts (S, K), sums (S, K, d))   fp32 (fp64 for fp64 x)
 //       CPU cpu/scatter.cpp, CUDA cuda/scatter.cu
 //   pq_codebook_grad(grad (N, D), indices (N, S), K) -> (S, K, d)                        fp32 (fp64 for fp64 grad)
@@ -42,7 +43,8 @@ std::string build_info() {
 }  // namespace pqgan
 
 TORCH_LIBRARY_FRAGMENT(pqgan_native, m) {
-  m.def("pq_assign(Tensor x, Tensor codebooks, bool cosine, float bound_coefficient=0.) -> (Tensor, Tensor)");
+  m.def("pq_assign(Tensor x, Tensor codebooks, bool cosine, float bound_coefficient=0., bool grid=False) -> "
+        "(Tensor, Tensor)");
   m.def("pq_ema_stats(Tensor x, Tensor indices, int num_codes) -> (Tensor, Tensor)");
   m.def("pq_codebook_grad(Tensor grad, Tensor indices, int num_codes) -> Tensor");
   m.def("pq_assign_gemm(Tensor x, Tensor codebooks, float bound_coefficient, bool blas=False) -> (Tensor, Tensor)");

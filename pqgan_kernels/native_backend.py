@@ -53,7 +53,7 @@ def _register_fakes() -> None:
     """Shape functions of the native ops (for torch.compile / FakeTensor / opcheck)."""
     from .ops import assign_outputs, codebook_grad_output, ema_stats_outputs  # the one output contract per op
 
-    def assign_fake(x, codebooks, cosine, bound_coefficient=0.0):
+    def assign_fake(x, codebooks, cosine, bound_coefficient=0.0, grid=False):
         return assign_outputs(x, codebooks)
 
     def stats_fake(x, indices, num_codes):

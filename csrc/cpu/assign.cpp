@@ -18,11 +18,13 @@
 #include <cstdlib>
 #include <cstring>
 #include <limits>
+#include <optional>
 #include <string>
 #include <type_traits>
 #include <vector>
 
 #include "assign_setup.h"
+#include "cpu/assign_grid_build.h"
 #include "cpu/assign_tiles.h"
 #include "cpu/isa.h"
 
@@ -30,6 +32,10 @@ namespace pqgan::cpu {
 namespace {
 
 constexpr int64_t kBlockRows = 64;  // rows per task (a multiple of kTileRows)
+// ... with grid tables: a subspace's table (~50 KiB at K = 512) then serves this many rows before the task moves on
+// (with 64-row tasks the tables of all subspaces are cycled through L2 and the queries wait on their loads)
+constexpr int64_t kGridBlockRows = 1024;
+constexpr int64_t kGridGroup = 8;
 
 std::string cpu_isa() {
   switch (isa()) {
@@ -83,6 +89,21 @@ void assign_tile_expanded_dispatch(const float* xs, int64_t rows, int64_t d, con
                                    int64_t* out) {
   if (isa() == Isa::avx512) avx512::assign_tile_expanded(xs, rows, d, cbT, Kp, ce, Kpe, m, rc, coefficient, out);
   else avx2::assign_tile_expanded(xs, rows, d, cbT, Kp, ce, Kpe, m, rc, coefficient, out);
+}
+
+typedef void (*GridQueryFn)(const float* xs, int64_t rows, int64_t d, const GridView& grid, int64_t* out);
+
+// The cell-grid query of this process (AVX2 / AVX-512 copies; nullptr for the baseline ISA or other compilers).
+GridQueryFn grid_query() {
+#ifdef PQ_HAVE_ISA_COPIES
+  switch (isa()) {
+    case Isa::avx512: return avx512::assign_tile_grid;
+    case Isa::avx2: return avx2::assign_tile_grid;
+    default: return nullptr;
+  }
+#else
+  return nullptr;
+#endif
 }
 
 // The expanded scan's per-subspace inputs (see assign_tiles.h): ce (S, d + 1, Kpe), centres m (S, d), rc (S).
@@ -169,10 +190,69 @@ void assign_cpu_impl(const at::Tensor& x, const at::Tensor& cbT, const at::Tenso
   });
 }
 
+// The cell-grid search (assign_grid.h): x (N, D) scalar_t, cbT (S, kd, Kp) fp32, cbx (S, K, kd) scalar_t ->
+// quantized, indices. Tasks are (group of kGridGroup subspaces, block of kGridBlockRows rows), group-major: the
+// group's tables (~60 KiB each at K = 512) stay in L2 across its row blocks, and each task reads its rows' lines of
+// x once (the group's sub-vectors are one 64-byte line per row at d = 2) into one buffer per subspace and writes
+// the outputs row by row. Rows without a certificate get the direct scan (decide_marked_rows), as do all rows of a
+// subspace without a table.
+template <typename scalar_t, int kd>
+void assign_grid_impl(const at::Tensor& x, const at::Tensor& cbT, const at::Tensor& cbx, const GridTables& grids,
+                      at::Tensor& quantized, at::Tensor& indices) {
+  const int64_t N = x.size(0), S = cbx.size(0), K = cbx.size(1), D = S * kd, Kp = cbT.size(2);
+  const scalar_t* xp = x.data_ptr<scalar_t>();
+  const float* cbTp = cbT.data_ptr<float>();
+  const scalar_t* cbxp = cbx.data_ptr<scalar_t>();
+  scalar_t* qp = quantized.data_ptr<scalar_t>();
+  int64_t* ip = indices.data_ptr<int64_t>();
+  const int64_t nblocks = (N + kGridBlockRows - 1) / kGridBlockRows, groups = (S + kGridGroup - 1) / kGridGroup;
+  const int64_t ntasks = nblocks * groups;
+  std::atomic<int64_t> next{0};
+  const GridQueryFn query = grid_query();
+  at::parallel_for(0, std::min<int64_t>(std::max<int64_t>(1, at::get_num_threads()), ntasks), 1,
+                   [&](int64_t, int64_t) {
+    std::vector<float> buf(kGridGroup * kGridBlockRows * kd);    // (group, rows, kd)
+    std::vector<int64_t> out(kGridGroup * kGridBlockRows);       // (group, rows)
+    for (int64_t t = next.fetch_add(1); t < ntasks; t = next.fetch_add(1)) {
+      const int64_t n0 = (t % nblocks) * kGridBlockRows, rows = std::min(kGridBlockRows, N - n0);
+      const int64_t s0 = (t / nblocks) * kGridGroup, ns = std::min(kGridGroup, S - s0);
+      for (int64_t r = 0; r < rows; ++r) {
+        const scalar_t* src = xp + (n0 + r) * D + s0 * kd;
+        for (int64_t i = 0; i < ns; ++i)
+          for (int j = 0; j < kd; ++j) buf[(i * kGridBlockRows + r) * kd + j] = static_cast<float>(src[i * kd + j]);
+      }
+      for (int64_t i = 0; i < ns; ++i) {
+        float* xs = buf.data() + i * kGridBlockRows * kd;
+        int64_t* o = out.data() + i * kGridBlockRows;
+        const float* cbTs = cbTp + (s0 + i) * kd * Kp;
+        if (const GridView* view = grids.view(s0 + i)) {
+          query(xs, rows, kd, *view, o);
+          decide_marked_rows(xs, rows, kd, cbTs, Kp, o);
+        } else {
+          const int64_t padded = (rows + kTileRows - 1) / kTileRows * kTileRows;  // <= kGridBlockRows
+          std::fill(xs + rows * kd, xs + padded * kd, 0.f);
+          assign_tile_dispatch<float>(xs, padded, kd, cbTs, Kp, false, o);
+        }
+      }
+      for (int64_t r = 0; r < rows; ++r) {
+        int64_t* irow = ip + (n0 + r) * S + s0;
+        scalar_t* qrow = qp + (n0 + r) * D + s0 * kd;
+        for (int64_t i = 0; i < ns; ++i) {
+          const int64_t k = out[i * kGridBlockRows + r];
+          irow[i] = k;
+          for (int j = 0; j < kd; ++j) qrow[i * kd + j] = cbxp[((s0 + i) * K + k) * kd + j];
+        }
+      }
+    }
+  });
+}
+
 // bound_coefficient: pqgan_kernels/bound.py's for (d, "ieee", fp32) enables the expanded l2 scan (fp32, d <= 4); 0
-// keeps every code on the direct formula.
+// keeps every code on the direct formula. grid: the cell-grid search (assign_grid.h) for l2, fp32 and d <= 2 on the
+// AVX2 / AVX-512 copies, in every subspace where its table is built (the caller decides when it pays: the tables
+// cost about as much as scanning a few thousand rows).
 std::tuple<at::Tensor, at::Tensor> pq_assign_cpu(const at::Tensor& x_in, const at::Tensor& codebooks, bool cosine,
-                                                 double bound_coefficient) {
+                                                 double bound_coefficient, bool grid) {
   check_assign_args(x_in, codebooks);
   check_device("pq_assign", x_in, at::kCPU);
   check_bound_coefficient("pq_assign", bound_coefficient, /*zero_allowed=*/true);
@@ -182,12 +262,18 @@ std::tuple<at::Tensor, at::Tensor> pq_assign_cpu(const at::Tensor& x_in, const a
   const int64_t Kp = (K + kTileCodes - 1) / kTileCodes * kTileCodes;
   at::Tensor cbT = at::full({S, d, Kp}, std::numeric_limits<double>::quiet_NaN(), a.cb.options());
   cbT.narrow(2, 0, K).copy_(a.cb.transpose(1, 2));
+  const bool fp32_l2 = !cosine && a.compute == at::kFloat && isa() != Isa::generic;
+  std::optional<GridTables> grids;
+  if (grid && fp32_l2 && d <= 2 && x.size(0) > 0 && grid_query() != nullptr) grids.emplace(a.cb.data_ptr<float>(), S, K, d);
   ExpandedCodebooks expanded;
-  const bool use_expanded = !cosine && bound_coefficient > 0 && a.compute == at::kFloat && d <= kExpandedMaxD &&
-                            isa() != Isa::generic;
+  const bool use_expanded = fp32_l2 && bound_coefficient > 0 && d <= kExpandedMaxD && !grids;
   if (use_expanded) expanded = expanded_codebooks(a.cb, static_cast<float>(bound_coefficient));
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "pq_assign_cpu", [&] {
-    if (a.compute == at::kDouble)
+    if (grids && d == 1)
+      assign_grid_impl<scalar_t, 1>(x, cbT, a.cbx, *grids, a.quantized, a.indices);
+    else if (grids)
+      assign_grid_impl<scalar_t, 2>(x, cbT, a.cbx, *grids, a.quantized, a.indices);
+    else if (a.compute == at::kDouble)
       assign_cpu_impl<scalar_t, double>(x, cbT, a.cbx, cosine, nullptr, a.quantized, a.indices);
     else
       assign_cpu_impl<scalar_t, float>(x, cbT, a.cbx, cosine, use_expanded ? &expanded : nullptr, a.quantized,

@@ -3,6 +3,7 @@
 #include <cstdint>
 
 #include "cpu/assign_gemm_scan.h"
+#include "cpu/assign_grid.h"
 #include "cpu/assign_tiles.h"
 
 #ifdef PQ_HAVE_ISA_COPIES
@@ -13,6 +14,7 @@
 #define PQ_KERNEL_AVX2 1
 #include "cpu/assign_kernel.h"
 #include "cpu/assign_gemm_kernel.h"
+#include "cpu/assign_grid_kernel.h"
 #pragma GCC pop_options
 
 namespace pqgan::cpu {

@@ -146,7 +146,7 @@ void assign_dispatch_d(const at::Tensor& x, const at::Tensor& cb, bool cosine, a
 
 // bound_coefficient: unused (every code is scored with the direct formula here).
 std::tuple<at::Tensor, at::Tensor> pq_assign_cuda(const at::Tensor& x_in, const at::Tensor& codebooks, bool cosine,
-                                                  double /*bound_coefficient*/) {
+                                                  double /*bound_coefficient*/, bool /*grid*/) {
   check_assign_args(x_in, codebooks);
   check_device("pq_assign", x_in, at::kCUDA);
   const int64_t N = x_in.size(0), S = codebooks.size(0), K = codebooks.size(1), d = codebooks.size(2);

@@ -1,0 +1,132 @@
+// The tables of the cell-grid search (assign_grid.h): per cell, the codes of the 3 x 3 block of cells around it.
+//
+// Why a certified answer is exact. Let e_k be the query's direct score of code k for a row at p (fp32, any summation
+// order, fused or not) and D_k = |p - c_k|^2 exactly. Per pqgan_kernels/bound.py (step 3), |e_k - D_k| <= eps D_k +
+// tau with eps = 1.01 (d + 2) u <= 2^-21 for d <= 2 and tau <= 3 * 2^-126 (the absolute error of roundings in or
+// flushed from fp32's subnormal range); there is no overflow, as rows and codes lie within +-kGridMaxAbs. A code
+// the row's cell does not list lies in a cell outside the block, so beyond one of the block's sides (each code lies
+// in its cell's closed rectangle: cells are found by exact comparisons), while the row lies inside the block; hence
+// D_k >= m^2 with m the row's distance to the nearest side beyond which there are codes. The query's certificate
+// T = fl(fl(m'^2) (1 - 2^-20) - 2^-100), with m' the fp32 minimum of the four fp32 side distances (each rounded
+// up by at most a factor 1 + u), is at most m^2 (1 + u)^4 (1 - 2^-20) - 2^-101 <= m^2 (1 - 2^-21) - 2^-101
+// <= m^2 (1 - eps) - tau <= e_k. So when the best listed score e_b < T, every unlisted code scores strictly more:
+// the listed codes hold the direct scan's minimum and every code tied with it, and their minimum (ties to the
+// lowest index) is the direct scan's answer.
+//
+// Work per subspace: sorting the codes' coordinates per axis (the cell bounds are their quantiles), bucketing the
+// codes by cell and copying each cell's block: O(K log K + 9 K), independent of the number of rows.
+#include "cpu/assign_grid_build.h"
+
+#include <ATen/Parallel.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdlib>
+#include <numeric>
+
+namespace pqgan::cpu {
+namespace {
+
+int cells_per_axis(int64_t K, int64_t d) {  // about kGridCodesPerCell codes per cell, at most kGridMaxCells
+  const double per = getenv("PQ_GRID_PER") ? atof(getenv("PQ_GRID_PER")) : 2.0;
+  const double g = d == 2 ? std::sqrt(K / per) : K / per;
+  return int(std::max(1.0, std::min<double>(kGridMaxCells, std::ceil(g))));
+}
+
+// The table of one subspace: cb (K, d).
+bool build_table(const float* cb, int64_t K, int64_t d, GridTable& t) {
+  for (int64_t i = 0; i < K * d; ++i)
+    if (!(std::fabs(cb[i]) <= kGridMaxAbs)) return false;  // also false for NaN
+  const int cells[2] = {cells_per_axis(K, d), d == 2 ? cells_per_axis(K, d) : 1};
+  const int gx = cells[0], gy = cells[1];
+  const int64_t G = int64_t(gx) * gy;
+  // per axis: the codes' coordinates and the interior bounds, their quantiles (+inf padded)
+  std::vector<float> coord[2] = {std::vector<float>(K), std::vector<float>(K, 0.f)};
+  for (int64_t k = 0; k < K; ++k)
+    for (int64_t a = 0; a < d; ++a) coord[a][k] = cb[k * d + a];
+  float* bounds[2] = {t.bx, t.by};
+  for (int a = 0; a < 2; ++a) {
+    std::fill(bounds[a], bounds[a] + kGridMaxCells, INFINITY);
+    if (cells[a] == 1) continue;
+    std::vector<float> sorted = coord[a];
+    std::sort(sorted.begin(), sorted.end());
+    for (int i = 1; i < cells[a]; ++i) bounds[a][i - 1] = sorted[K * i / cells[a]];
+  }
+  auto cell_on = [&](int a, float v) {  // as the query: the number of bounds <= v
+    int n = 0;
+    for (int i = 0; i < kGridMaxCells; ++i) n += bounds[a][i] <= v;
+    return n;
+  };
+  // the codes bucketed by cell, ascending within each cell
+  std::vector<int32_t> bstart(G + 1, 0), bcode(K), home(K);
+  for (int64_t k = 0; k < K; ++k) ++bstart[(home[k] = cell_on(0, coord[0][k]) * gy + cell_on(1, coord[1][k])) + 1];
+  std::partial_sum(bstart.begin(), bstart.end(), bstart.begin());
+  {
+    std::vector<int32_t> fill(bstart.begin(), bstart.end() - 1);
+    for (int64_t k = 0; k < K; ++k) bcode[fill[home[k]]++] = int32_t(k);
+  }
+  // per cell: its block's codes in ascending order (merged through a bitmap of K bits), padded to whole chunks and
+  // to at least the chunk count of 9 in 10 cells (the query scores that many in a loop it can predict)
+  std::vector<int32_t> listed(G);
+  for (int i = 0; i < gx; ++i)
+    for (int j = 0; j < gy; ++j) {
+      int32_t n = 0;
+      for (int ci = std::max(0, i - 1); ci <= std::min(gx - 1, i + 1); ++ci)
+        n += bstart[int64_t(ci) * gy + std::min(gy - 1, j + 1) + 1] - bstart[int64_t(ci) * gy + std::max(0, j - 1)];
+      listed[int64_t(i) * gy + j] = (std::max(n, 1) + kGridChunk - 1) / kGridChunk;
+    }
+  {
+    std::vector<int32_t> sorted = listed;
+    std::nth_element(sorted.begin(), sorted.begin() + G * 9 / 10, sorted.end());
+    t.view.min_chunks = sorted[G * 9 / 10];
+  }
+  t.start.assign(1, 0);
+  t.sides.resize(G * 4);
+  t.codes.clear();
+  std::vector<uint64_t> mark((K + 63) / 64, 0);
+  for (int i = 0; i < gx; ++i)
+    for (int j = 0; j < gy; ++j) {
+      const int64_t cell = int64_t(i) * gy + j;
+      for (int ci = std::max(0, i - 1); ci <= std::min(gx - 1, i + 1); ++ci)
+        for (int32_t b = bstart[int64_t(ci) * gy + std::max(0, j - 1)];
+             b < bstart[int64_t(ci) * gy + std::min(gy - 1, j + 1) + 1]; ++b)
+          mark[bcode[b] >> 6] |= uint64_t(1) << (bcode[b] & 63);
+      const size_t first = t.codes.size();
+      t.codes.resize(first + std::max(listed[cell], t.view.min_chunks) * kGridChunk);
+      int32_t* out = t.codes.data() + first;
+      int64_t n = 0;
+      for (size_t w = 0; w < mark.size(); ++w)
+        for (; mark[w] != 0; mark[w] &= mark[w] - 1) out[n++] = int32_t(w * 64 + __builtin_ctzll(mark[w]));
+      for (int64_t l = n; l < int64_t(t.codes.size() - first); ++l) out[l] = n > 0 ? out[n - 1] : 0;
+      t.start.push_back(int32_t(t.codes.size() / kGridChunk));
+      // the sides beyond which lie the unlisted codes: cells i - 2 and lower end at bound F[i - 1] = bx[i - 2] ...
+      float* side = t.sides.data() + cell * 4;
+      side[0] = i >= 2 ? t.bx[i - 2] : -INFINITY;
+      side[1] = i + 2 <= gx - 1 ? t.bx[i + 1] : INFINITY;
+      side[2] = j >= 2 ? t.by[j - 2] : -INFINITY;
+      side[3] = j + 2 <= gy - 1 ? t.by[j + 1] : INFINITY;
+    }
+  t.chunks.resize(t.codes.size() * 2);
+  for (size_t c = 0; c < t.codes.size() / kGridChunk; ++c)
+    for (int a = 0; a < 2; ++a)
+      for (int l = 0; l < kGridChunk; ++l)
+        t.chunks[(c * 2 + a) * kGridChunk + l] = coord[a][t.codes[c * kGridChunk + l]];
+  t.view.gy = gy;
+  t.view.bx = t.bx;
+  t.view.by = t.by;
+  t.view.start = t.start.data();
+  t.view.sides = t.sides.data();
+  t.view.chunks = t.chunks.data();
+  t.view.codes = t.codes.data();
+  return true;
+}
+
+}  // namespace
+
+GridTables::GridTables(const float* cb, int64_t S, int64_t K, int64_t d) : tables_(S), built_(S, 0) {
+  at::parallel_for(0, S, 1, [&](int64_t s0, int64_t s1) {
+    for (int64_t s = s0; s < s1; ++s) built_[s] = build_table(cb + s * K * d, K, d, tables_[s]);
+  });
+}
+
+}  // namespace pqgan::cpu
