@@ -34,7 +34,7 @@ namespace {
 constexpr int64_t kBlockRows = 64;  // rows per task (a multiple of kTileRows)
 // ... with grid tables: a subspace's table (~50 KiB at K = 512) then serves this many rows before the task moves on
 // (with 64-row tasks the tables of all subspaces are cycled through L2 and the queries wait on their loads)
-constexpr int64_t kGridBlockRows = 1024;
+constexpr int64_t kGridBlockRows = 4096;
 constexpr int64_t kGridGroup = 8;
 
 std::string cpu_isa() {
@@ -91,7 +91,8 @@ void assign_tile_expanded_dispatch(const float* xs, int64_t rows, int64_t d, con
   else avx2::assign_tile_expanded(xs, rows, d, cbT, Kp, ce, Kpe, m, rc, coefficient, out);
 }
 
-typedef void (*GridQueryFn)(const float* xs, int64_t rows, int64_t d, const GridView& grid, int64_t* out);
+typedef void (*GridQueryFn)(const float* xs, int64_t rows, int64_t d, const GridView& grid, int32_t* scratch,
+                            float* scratch_xy, int64_t* out);
 
 // The cell-grid query of this process (AVX2 / AVX-512 copies; nullptr for the baseline ISA or other compilers).
 GridQueryFn grid_query() {
@@ -213,6 +214,8 @@ void assign_grid_impl(const at::Tensor& x, const at::Tensor& cbT, const at::Tens
                    [&](int64_t, int64_t) {
     std::vector<float> buf(kGridGroup * kGridBlockRows * kd);    // (group, rows, kd)
     std::vector<int64_t> out(kGridGroup * kGridBlockRows);       // (group, rows)
+    std::vector<int32_t> scratch(kGridScratch(kGridBlockRows, K));
+    std::vector<float> scratch_xy(kGridScratchXY(K));
     for (int64_t t = next.fetch_add(1); t < ntasks; t = next.fetch_add(1)) {
       const int64_t n0 = (t % nblocks) * kGridBlockRows, rows = std::min(kGridBlockRows, N - n0);
       const int64_t s0 = (t / nblocks) * kGridGroup, ns = std::min(kGridGroup, S - s0);
@@ -226,7 +229,7 @@ void assign_grid_impl(const at::Tensor& x, const at::Tensor& cbT, const at::Tens
         int64_t* o = out.data() + i * kGridBlockRows;
         const float* cbTs = cbTp + (s0 + i) * kd * Kp;
         if (const GridView* view = grids.view(s0 + i)) {
-          query(xs, rows, kd, *view, o);
+          query(xs, rows, kd, *view, scratch.data(), scratch_xy.data(), o);
           decide_marked_rows(xs, rows, kd, cbTs, Kp, o);
         } else {
           const int64_t padded = (rows + kTileRows - 1) / kTileRows * kTileRows;  // <= kGridBlockRows

@@ -48,56 +48,47 @@ bool build_table(const float* cb, int64_t K, int64_t d, GridTable& t) {
   for (int a = 0; a < 2; ++a) {
     std::fill(bounds[a], bounds[a] + kGridMaxCells, INFINITY);
     if (cells[a] == 1) continue;
-    std::vector<float> sorted = coord[a];
+    // any ascending bounds are correct; quantiles of (a sample of up to 128 of) the codes balance the cells
+    const int64_t step = std::max<int64_t>(1, K / 128);
+    std::vector<float> sorted;
+    for (int64_t k = 0; k < K; k += step) sorted.push_back(coord[a][k]);
     std::sort(sorted.begin(), sorted.end());
-    for (int i = 1; i < cells[a]; ++i) bounds[a][i - 1] = sorted[K * i / cells[a]];
+    const int64_t n = int64_t(sorted.size());
+    for (int i = 1; i < cells[a]; ++i) bounds[a][i - 1] = sorted[n * i / cells[a]];
   }
   auto cell_on = [&](int a, float v) {  // as the query: the number of bounds <= v
     int n = 0;
     for (int i = 0; i < kGridMaxCells; ++i) n += bounds[a][i] <= v;
     return n;
   };
-  // the codes bucketed by cell, ascending within each cell
-  std::vector<int32_t> bstart(G + 1, 0), bcode(K), home(K);
+  // the codes bucketed by cell, ascending within each cell, with their coordinates (for the query's second level)
+  std::vector<int32_t>& bstart = t.bucket_start;
+  std::vector<int32_t>& bcode = t.bucket_codes;
+  std::vector<int32_t> home(K);
+  bstart.assign(G + 1, 0);
+  bcode.resize(K);
   for (int64_t k = 0; k < K; ++k) ++bstart[(home[k] = cell_on(0, coord[0][k]) * gy + cell_on(1, coord[1][k])) + 1];
   std::partial_sum(bstart.begin(), bstart.end(), bstart.begin());
   {
     std::vector<int32_t> fill(bstart.begin(), bstart.end() - 1);
     for (int64_t k = 0; k < K; ++k) bcode[fill[home[k]]++] = int32_t(k);
   }
-  // per cell: its block's codes in ascending order (merged through a bitmap of K bits), padded to whole chunks and
-  // to at least the chunk count of 9 in 10 cells (the query scores that many in a loop it can predict)
-  std::vector<int32_t> listed(G);
-  for (int i = 0; i < gx; ++i)
-    for (int j = 0; j < gy; ++j) {
-      int32_t n = 0;
-      for (int ci = std::max(0, i - 1); ci <= std::min(gx - 1, i + 1); ++ci)
-        n += bstart[int64_t(ci) * gy + std::min(gy - 1, j + 1) + 1] - bstart[int64_t(ci) * gy + std::max(0, j - 1)];
-      listed[int64_t(i) * gy + j] = (std::max(n, 1) + kGridChunk - 1) / kGridChunk;
-    }
-  {
-    std::vector<int32_t> sorted = listed;
-    std::nth_element(sorted.begin(), sorted.begin() + G * 9 / 10, sorted.end());
-    t.view.min_chunks = sorted[G * 9 / 10];
-  }
+  t.bucket_xy.resize(2 * K);
+  for (int64_t b = 0; b < K; ++b) t.bucket_xy[2 * b] = coord[0][bcode[b]], t.bucket_xy[2 * b + 1] = coord[1][bcode[b]];
+  // per cell: its block's codes (bucket order: the query's keys break ties by code, not by position), padded to
+  // whole chunks with copies of the last
   t.start.assign(1, 0);
   t.sides.resize(G * 4);
   t.codes.clear();
-  std::vector<uint64_t> mark((K + 63) / 64, 0);
   for (int i = 0; i < gx; ++i)
     for (int j = 0; j < gy; ++j) {
       const int64_t cell = int64_t(i) * gy + j;
-      for (int ci = std::max(0, i - 1); ci <= std::min(gx - 1, i + 1); ++ci)
-        for (int32_t b = bstart[int64_t(ci) * gy + std::max(0, j - 1)];
-             b < bstart[int64_t(ci) * gy + std::min(gy - 1, j + 1) + 1]; ++b)
-          mark[bcode[b] >> 6] |= uint64_t(1) << (bcode[b] & 63);
       const size_t first = t.codes.size();
-      t.codes.resize(first + std::max(listed[cell], t.view.min_chunks) * kGridChunk);
-      int32_t* out = t.codes.data() + first;
-      int64_t n = 0;
-      for (size_t w = 0; w < mark.size(); ++w)
-        for (; mark[w] != 0; mark[w] &= mark[w] - 1) out[n++] = int32_t(w * 64 + __builtin_ctzll(mark[w]));
-      for (int64_t l = n; l < int64_t(t.codes.size() - first); ++l) out[l] = n > 0 ? out[n - 1] : 0;
+      for (int ci = std::max(0, i - 1); ci <= std::min(gx - 1, i + 1); ++ci)
+        t.codes.insert(t.codes.end(), bcode.begin() + bstart[int64_t(ci) * gy + std::max(0, j - 1)],
+                       bcode.begin() + bstart[int64_t(ci) * gy + std::min(gy - 1, j + 1) + 1]);
+      const int32_t last = t.codes.size() > first ? t.codes.back() : 0;  // (K >= 1: never empty)
+      t.codes.resize((t.codes.size() + kGridChunk - 1) / kGridChunk * kGridChunk, last);
       t.start.push_back(int32_t(t.codes.size() / kGridChunk));
       // the sides beyond which lie the unlisted codes: cells i - 2 and lower end at bound F[i - 1] = bx[i - 2] ...
       float* side = t.sides.data() + cell * 4;
@@ -111,7 +102,12 @@ bool build_table(const float* cb, int64_t K, int64_t d, GridTable& t) {
     for (int a = 0; a < 2; ++a)
       for (int l = 0; l < kGridChunk; ++l)
         t.chunks[(c * 2 + a) * kGridChunk + l] = coord[a][t.codes[c * kGridChunk + l]];
+  t.view.cells = int(G);
+  t.view.gx = gx;
   t.view.gy = gy;
+  t.view.bucket_start = bstart.data();
+  t.view.bucket_codes = bcode.data();
+  t.view.bucket_xy = t.bucket_xy.data();
   t.view.bx = t.bx;
   t.view.by = t.by;
   t.view.start = t.start.data();

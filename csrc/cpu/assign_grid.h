@@ -9,8 +9,10 @@
 // The query scores the listed codes with the direct formula sum_j (x_j - c_j)^2, ties to the lowest index, and keeps
 // the answer only when the best score is below the row's certificate: fl(m^2 (1 - 2^-20) - 2^-100), m = the row's
 // distance to the nearest side of its block beyond which there are codes (see assign_grid.cpp for why that makes it
-// the answer of a direct scan of all K codes). Rows without a certificate, and rows with a value that is not finite
-// or beyond +-kGridMaxAbs, get out = -1 for the caller to decide with a full scan.
+// the answer of a direct scan of all K codes). A row without a certificate (~4 % of Gaussian rows) tries again with
+// the 5 x 5 block around its cell (its codes gathered from the cell buckets); rows without a certificate there too,
+// and rows with a value that is not finite or beyond +-kGridMaxAbs, get out = -1 for the caller to decide with a
+// full scan.
 #pragma once
 #include <cstdint>
 
@@ -26,20 +28,31 @@ constexpr float kGridMaxAbs = 1e18f;  // rows and codes within +-this: no square
 // start[cell] .. start[cell + 1] - 1; sides[4 cell ..] = {left, right, bottom, top}: the lines beyond which lie the
 // codes it does not list (+-inf where there are none).
 struct GridView {
-  int gy = 0;                      // cells along axis 1 (1 for d = 1)
-  int min_chunks = 1;              // every cell has at least this many chunks
+  int cells = 0;                   // gx * gy
+  int gx = 0, gy = 0;              // cells per axis (gy = 1 for d = 1)
   const float* bx = nullptr;       // (kGridMaxCells) the interior bounds of axis 0, ascending, then +inf
   const float* by = nullptr;       // (kGridMaxCells) the same for axis 1
   const int32_t* start = nullptr;  // (cells + 1) first chunk of each cell
   const float* sides = nullptr;    // (cells, 4)
   const float* chunks = nullptr;   // (chunks, 2, kGridChunk)
   const int32_t* codes = nullptr;  // (chunks, kGridChunk)
+  // the codes bucketed by cell (for the second level): those of cell c are bucket_codes[bucket_start[c] ..
+  // bucket_start[c + 1] - 1], with coordinates bucket_xy (K, 2) in the same order (second coordinate 0 for d = 1)
+  const int32_t* bucket_start = nullptr;
+  const int32_t* bucket_codes = nullptr;
+  const float* bucket_xy = nullptr;
 };
 
-// assign_tile_grid: xs (rows, d) fp32 rows of one subspace (d = 1 or 2); out (rows,) their nearest codes, or -1.
+// assign_tile_grid: xs (rows, d) fp32 rows of one subspace (d = 1 or 2); out (rows,) their nearest codes, or -1;
+// scratch: kGridScratch(rows, K) int32 and kGridScratchXY(K) floats of working memory.
+constexpr int64_t kGridScratch(int64_t rows, int64_t K) {
+  return 3 * rows + kGridMaxCells * kGridMaxCells + 2 + K + kGridChunk;
+}
+constexpr int64_t kGridScratchXY(int64_t K) { return 2 * (K + kGridChunk); }
 #define PQ_DECLARE_GRID(NS)                                                                                  \
   namespace NS {                                                                                             \
-  void assign_tile_grid(const float* xs, int64_t rows, int64_t d, const GridView& grid, int64_t* out);      \
+  void assign_tile_grid(const float* xs, int64_t rows, int64_t d, const GridView& grid, int32_t* scratch,   \
+                        float* scratch_xy, int64_t* out);                                                    \
   }
 PQ_DECLARE_GRID(avx2)
 PQ_DECLARE_GRID(avx512)

@@ -14,6 +14,8 @@ struct GridTable {
   std::vector<float> sides;    // (cells, 4)
   std::vector<float> chunks;   // (chunks, 2, kGridChunk)
   std::vector<int32_t> codes;  // (chunks, kGridChunk)
+  std::vector<int32_t> bucket_start, bucket_codes;  // (cells + 1), (K)
+  std::vector<float> bucket_xy;                     // (K, 2)
   GridView view;               // pointers into the above
 };
 

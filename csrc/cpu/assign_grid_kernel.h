@@ -61,52 +61,118 @@ static inline int64_t smallest_key(Key v) {
   return v[0];
 }
 
-template <int kd>
-static void grid_rows(const float* xs, int64_t rows, const GridView& g, int64_t* out) {
+// The best key of a row (X, Y broadcast) over nc chunks of codes: coordinates xy (nc, 2, kGridChunk), codes
+// (nc, kGridChunk).
+static inline int64_t best_key(const Vec<float>::V& X, const Vec<float>::V& Y, const float* xy, const int32_t* codes,
+                               int32_t nc) {
   using V = Vec<float>::V;
   using I = Vec<float>::I;
   constexpr int W = Vec<float>::W;
-  constexpr int NV = kGridChunk / W;  // vectors per chunk
+  Key best = Key{} + 0x7fffffffffffffffLL;  // above any key
+  for (int32_t c = 0; c < nc; ++c)
+    for (int v = 0; v < kGridChunk / W; ++v) {
+      const float* p = xy + c * 2 * kGridChunk + v * W;
+      const V dx = X - load<float>(p), dy = Y - load<float>(p + kGridChunk);
+      I k;
+      __builtin_memcpy(&k, codes + c * kGridChunk + v * W, sizeof(k));
+      best = key_min(best, lane_keys(dx * dx + dy * dy, k));
+    }
+  return smallest_key(best);
+}
+
+// The key's code when its score is below the certificate for a row at (px, py) inside the box of sides
+// {left, right, bottom, top} (assign_grid.cpp: fl(m^2 (1 - 2^-20) - 2^-100), m the distance to the nearest side),
+// else -1.
+static inline int64_t certified(int64_t key, float px, float py, float left, float right, float bottom, float top) {
+  const float dl = px - left, dr = right - px, db = py - bottom, dt = top - py;  // >= 0, not NaN
+  const float mx = dl < dr ? dl : dr, my = db < dt ? db : dt, m = mx < my ? mx : my;
+  const float certificate = __builtin_fmaf(m * m, 1.f - 0x1p-20f, -0x1p-100f);
+  int32_t bits;
+  __builtin_memcpy(&bits, &certificate, sizeof(bits));
+  return static_cast<int32_t>(key >> 32) < bits ? (key & 0xffffffff) : -1;
+}
+
+// Rows are bucketed by cell first (a counting sort into scratch), then scored cell by cell: a cell's chunks are
+// loaded from L2 once and then hit L1, and the chunk loop has the same trip count for all the cell's rows (per row
+// trip counts varying between 1 and 2 mispredicted every few rows and serialised the rows' long dependency chains).
+// A cell's rows without a certificate are scored again against the 5 x 5 block around it, gathered once per cell
+// into scratch_xy / the end of scratch in the chunk layout.
+template <int kd>
+static void grid_rows(const float* xs, int64_t rows, const GridView& g, int32_t* scratch, float* scratch_xy,
+                      int64_t* out) {
+  const int cells = g.cells;
+  int32_t* cell_of = scratch;            // (rows) the row's cell, or cells: no cell (a value beyond +-kGridMaxAbs)
+  int32_t* order = scratch + rows;       // (rows) row indices, bucketed by cell
+  int32_t* retry = scratch + 2 * rows;   // (rows) a cell's rows without a certificate
+  int32_t* first = scratch + 3 * rows;   // (cells + 2) bucket ends (see below)
+  int32_t* wide = first + cells + 2;     // (K + kGridChunk) codes of a 5 x 5 block, chunk layout with scratch_xy
+  for (int c = 0; c < cells + 2; ++c) first[c] = 0;
   for (int64_t r = 0; r < rows; ++r) {
     const float px = xs[r * kd], py = kd == 2 ? xs[r * kd + 1] : 0.f;
-    if (!(__builtin_fabsf(px) <= kGridMaxAbs && __builtin_fabsf(py) <= kGridMaxAbs)) {  // also NaN
-      out[r] = -1;
-      continue;
+    int cell = cells;
+    if (__builtin_fabsf(px) <= kGridMaxAbs && __builtin_fabsf(py) <= kGridMaxAbs) {  // false for NaN
+      cell = grid_cell(g.bx, splat<float>(px)) * g.gy;
+      if (kd == 2) cell += grid_cell(g.by, splat<float>(py));
     }
-    const V X = splat<float>(px), Y = splat<float>(py);
-    int cell = grid_cell(g.bx, X) * g.gy;
-    if (kd == 2) cell += grid_cell(g.by, Y);
-    const int32_t c0 = g.start[cell], c1 = g.start[cell + 1];
-    Key best = Key{} + 0x7fffffffffffffffLL;  // above any key
-    auto score = [&](int32_t c) {
-      const float* ch = g.chunks + static_cast<int64_t>(c) * 2 * kGridChunk;
-      const int32_t* ci = g.codes + static_cast<int64_t>(c) * kGridChunk;
-      for (int v = 0; v < NV; ++v) {
-        const V dx = X - load<float>(ch + v * W), dy = Y - load<float>(ch + kGridChunk + v * W);
-        I k;
-        __builtin_memcpy(&k, ci + v * W, sizeof(k));
-        best = key_min(best, lane_keys(dx * dx + dy * dy, k));
-      }
-    };
-    // min_chunks first, a trip count the branch predictor learns (a varying one mispredicts every few rows and
-    // serialises them), then the few cells with more
-    for (int c = 0; c < g.min_chunks; ++c) score(c0 + c);
-    for (int32_t c = c0 + g.min_chunks; c < c1; ++c) score(c);
-    const int64_t key = smallest_key(best);
-    // the certificate (assign_grid.cpp): the best score below fl(m^2 (1 - 2^-20) - 2^-100)
+    cell_of[r] = cell;
+    ++first[cell + 1];
+  }
+  for (int c = 0; c < cells + 1; ++c) first[c + 1] += first[c];
+  for (int64_t r = 0; r < rows; ++r) order[first[cell_of[r]]++] = static_cast<int32_t>(r);
+  // now bucket c is order[(c == 0 ? 0 : first[c - 1]) .. first[c] - 1]; bucket `cells`: rows without a cell
+  for (int32_t p = first[cells - 1]; p < first[cells]; ++p) out[order[p]] = -1;
+  const float inf = __builtin_inff();
+  for (int cell = 0; cell < cells; ++cell) {
+    const int32_t p0 = cell == 0 ? 0 : first[cell - 1], p1 = first[cell];
+    if (p0 == p1) continue;
+    const int32_t c0 = g.start[cell], nc = g.start[cell + 1] - c0;
+    const float* xy = g.chunks + static_cast<int64_t>(c0) * 2 * kGridChunk;
+    const int32_t* codes = g.codes + static_cast<int64_t>(c0) * kGridChunk;
     const float* side = g.sides + 4 * cell;
-    const float dl = px - side[0], dr = side[1] - px, db = py - side[2], dt = side[3] - py;  // >= 0, not NaN
-    const float mx = dl < dr ? dl : dr, my = db < dt ? db : dt, m = mx < my ? mx : my;
-    const float certificate = __builtin_fmaf(m * m, 1.f - 0x1p-20f, -0x1p-100f);
-    int32_t bits;
-    __builtin_memcpy(&bits, &certificate, sizeof(bits));
-    out[r] = static_cast<int32_t>(key >> 32) < bits ? (key & 0xffffffff) : -1;
+    int32_t nretry = 0;
+    for (int32_t p = p0; p < p1; ++p) {
+      const int64_t r = order[p];
+      const float px = xs[r * kd], py = kd == 2 ? xs[r * kd + 1] : 0.f;
+      const int64_t k = certified(best_key(splat<float>(px), splat<float>(py), xy, codes, nc), px, py, side[0],
+                                  side[1], side[2], side[3]);
+      out[r] = k;
+      if (k < 0) retry[nretry++] = static_cast<int32_t>(r);
+    }
+    if (nretry == 0) continue;
+    // the 5 x 5 block: its codes in chunk layout, padded with copies of the last, and its sides
+    const int i = cell / g.gy, j = cell % g.gy;
+    int32_t n = 0;
+    for (int ci = i < 2 ? 0 : i - 2; ci <= (i + 2 < g.gx ? i + 2 : g.gx - 1); ++ci) {
+      const int32_t b0 = g.bucket_start[ci * g.gy + (j < 2 ? 0 : j - 2)];
+      const int32_t b1 = g.bucket_start[ci * g.gy + (j + 2 < g.gy ? j + 2 : g.gy - 1) + 1];
+      for (int32_t b = b0; b < b1; ++b, ++n) {
+        const int32_t c = n / kGridChunk, l = n % kGridChunk;
+        wide[n] = g.bucket_codes[b];
+        scratch_xy[c * 2 * kGridChunk + l] = g.bucket_xy[2 * b];
+        scratch_xy[c * 2 * kGridChunk + kGridChunk + l] = g.bucket_xy[2 * b + 1];
+      }
+    }
+    for (; n % kGridChunk != 0; ++n) {  // (n >= 1: the block holds the cell's 3 x 3 block, never empty)
+      const int32_t c = n / kGridChunk, l = n % kGridChunk, pc = (n - 1) / kGridChunk, pl = (n - 1) % kGridChunk;
+      wide[n] = wide[n - 1];
+      scratch_xy[c * 2 * kGridChunk + l] = scratch_xy[pc * 2 * kGridChunk + pl];
+      scratch_xy[c * 2 * kGridChunk + kGridChunk + l] = scratch_xy[pc * 2 * kGridChunk + kGridChunk + pl];
+    }
+    const float left = i >= 3 ? g.bx[i - 3] : -inf, right = i + 3 <= g.gx - 1 ? g.bx[i + 2] : inf;
+    const float bottom = j >= 3 ? g.by[j - 3] : -inf, top = j + 3 <= g.gy - 1 ? g.by[j + 2] : inf;
+    for (int32_t q = 0; q < nretry; ++q) {
+      const int64_t r = retry[q];
+      const float px = xs[r * kd], py = kd == 2 ? xs[r * kd + 1] : 0.f;
+      out[r] = certified(best_key(splat<float>(px), splat<float>(py), scratch_xy, wide, n / kGridChunk), px, py,
+                         left, right, bottom, top);
+    }
   }
 }
 
-void assign_tile_grid(const float* xs, int64_t rows, int64_t d, const GridView& grid, int64_t* out) {
-  if (d == 1) grid_rows<1>(xs, rows, grid, out);
-  else grid_rows<2>(xs, rows, grid, out);
+void assign_tile_grid(const float* xs, int64_t rows, int64_t d, const GridView& grid, int32_t* scratch,
+                      float* scratch_xy, int64_t* out) {
+  if (d == 1) grid_rows<1>(xs, rows, grid, scratch, scratch_xy, out);
+  else grid_rows<2>(xs, rows, grid, scratch, scratch_xy, out);
 }
 
 }  // namespace pqgan::cpu::PQ_KERNEL_NS
