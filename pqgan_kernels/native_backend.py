@@ -16,10 +16,14 @@ re-checks those with the oracle's direct formula (a row with too many near-ties 
 result equals a full direct scan at any magnitude of the data.
 Everything else (cosine, smaller d or K) goes to ``pq_assign``, whose l2 scan for fp32 and d <= 4 is the same
 idea in registers (csrc/cpu/assign_kernel.h ``assign_small_d_expanded``: expanded formula on centred data, exact
-re-check within bound.py's bound).
+re-check within bound.py's bound). For d <= 2 (the paper's d = 2) and at least ``GRID_MIN_ROWS`` rows it asks for
+the cell-grid search instead (``uses_grid``; csrc/cpu/assign_grid.h): per subspace the plane is cut into cells at
+the codes' quantiles, each row scores only the ~20 codes of the 3 x 3 cells around its own, and a certificate (its
+distance to that block's sides) proves the result equals a full direct scan; uncertified rows try the 5 x 5 block,
+then a full scan.
 
 Native ops (schemas in ``csrc/ops.cpp``; CPU kernels in ``csrc/cpu/<op>.cpp``, CUDA kernels in ``csrc/cuda/<op>.cu``):
-    pq_assign(x (N, S*d), codebooks (S, K, d), cosine: bool, bound_coefficient: float = 0)
+    pq_assign(x (N, S*d), codebooks (S, K, d), cosine: bool, bound_coefficient: float = 0, grid: bool = False)
                                                              -> (quantized (N, S*d) x.dtype, indices (N, S) int64)
     pq_ema_stats(x (N, S*d), indices (N, S), num_codes)      -> (counts (S, K), sums (S, K, d))  fp32 / fp64
     pq_codebook_grad(grad (N, S*d), indices (N, S), num_codes) -> (S, K, d)                     fp32 / fp64
@@ -46,6 +50,11 @@ GEMM_MIN_CODES = 512   # between the two, the GEMM path wins from this K on
 FUSED_MIN_D = 48
 FUSED_MIN_SMALL_D = 8
 FUSED_MIN_DK = 16384
+# The cell-grid search (l2, fp32, d <= 2): expanded-scan / grid time at 2 threads on the 2-core Xeon, N = 128 .. 8192:
+# 0.59-1.03 below N = 1024 (the tables' cost), 0.99-1.74 at 1024, 1.23-5.5 from 2048 (S64 d2 K512 / K128 / K32,
+# S16 d2 K1024, S128 d1 K256, S8 d2 K16384)
+GRID_MAX_D = 2
+GRID_MIN_ROWS = 1024
 FULL_PRECISION = ("highest", "ieee")  # matmul precisions with fp32 multiplier inputs (bound.py's u_in = 0)
 
 
@@ -74,14 +83,23 @@ def _register_fakes() -> None:
                 raise
 
 
-def assign(x: torch.Tensor, codebooks: torch.Tensor, distance: str = "l2") -> tuple[torch.Tensor, torch.Tensor]:
+def assign(x: torch.Tensor, codebooks: torch.Tensor, distance: str = "l2",
+           grid: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
     """x (N, S*d), codebooks (S, K, d) -> (quantized (N, S*d) x.dtype, indices (N, S) int64).
 
     l2 passes the fp32-FMA rounding bound of ``bound.py`` (the CPU's expanded small-d scan uses it; CUDA ignores it).
+    grid: let the CPU use its cell-grid search for l2, fp32 and d <= 2 (csrc/cpu/assign_grid.h; CUDA ignores it).
     """
     cosine = distance == "cosine"
     coefficient = 0.0 if cosine else bound_coefficient(codebooks.shape[2], "ieee", compute_dtype(x, codebooks))
-    return torch.ops.pqgan_native.pq_assign(x, codebooks, cosine, coefficient)
+    return torch.ops.pqgan_native.pq_assign(x, codebooks, cosine, coefficient, grid)
+
+
+def uses_grid(N: int, d: int) -> bool:
+    """Whether the "cpu" backend's l2 assignment of N rows of sub-dim d asks for the cell-grid search (the kernel
+    applies it for fp32 compute on the AVX2 / AVX-512 copies): its tables cost about as much as scanning
+    ``GRID_MIN_ROWS`` rows."""
+    return d <= GRID_MAX_D and N >= GRID_MIN_ROWS
 
 
 def uses_gemm(d: int, K: int, fused: bool = False) -> bool:
@@ -136,7 +154,7 @@ def cpu_assign(x: torch.Tensor, codebooks: torch.Tensor, distance: str = "l2") -
     """``assign`` on the CPU; l2 where ``uses_gemm`` goes to the exact GEMM path (faster)."""
     if distance == "l2" and uses_gemm(codebooks.shape[2], codebooks.shape[1], fused_scoring(x, codebooks)):
         return assign_gemm(x, codebooks)
-    return assign(x, codebooks, distance)
+    return assign(x, codebooks, distance, grid=distance == "l2" and uses_grid(x.shape[0], codebooks.shape[2]))
 
 
 def ema_stats(x: torch.Tensor, indices: torch.Tensor, num_codes: int) -> tuple[torch.Tensor, torch.Tensor]:

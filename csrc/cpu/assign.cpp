@@ -8,6 +8,8 @@
 // quantized. Working memory: the (S, d, Kp) transposed codebooks plus kBlockRows*d per thread; no (N, K) buffer.
 // l2, fp32, d <= kExpandedMaxD on the AVX2 / AVX-512 copies: the expanded-formula scan with its exact re-check runs
 // instead (assign_tile_expanded_dispatch), and the rows it leaves undecided get the direct scan (decide_marked_rows).
+// l2, fp32, d <= 2 when the caller asks for it (grid = true; pqgan_kernels/native_backend.py decides by the number of
+// rows): the cell-grid search of assign_grid.h instead (assign_grid_impl), tables built per call (assign_grid.cpp).
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 #include <torch/library.h>
@@ -32,8 +34,8 @@ namespace pqgan::cpu {
 namespace {
 
 constexpr int64_t kBlockRows = 64;  // rows per task (a multiple of kTileRows)
-// ... with grid tables: a subspace's table (~50 KiB at K = 512) then serves this many rows before the task moves on
-// (with 64-row tasks the tables of all subspaces are cycled through L2 and the queries wait on their loads)
+// ... of the grid search: tasks of kGridGroup subspaces (their d = 2 sub-vectors: one 64-byte line per row of x)
+// by kGridBlockRows rows, so that a subspace's table (~60 KiB at K = 512) serves that many rows from L2
 constexpr int64_t kGridBlockRows = 4096;
 constexpr int64_t kGridGroup = 8;
 
@@ -252,8 +254,8 @@ void assign_grid_impl(const at::Tensor& x, const at::Tensor& cbT, const at::Tens
 
 // bound_coefficient: pqgan_kernels/bound.py's for (d, "ieee", fp32) enables the expanded l2 scan (fp32, d <= 4); 0
 // keeps every code on the direct formula. grid: the cell-grid search (assign_grid.h) for l2, fp32 and d <= 2 on the
-// AVX2 / AVX-512 copies, in every subspace where its table is built (the caller decides when it pays: the tables
-// cost about as much as scanning a few thousand rows).
+// AVX2 / AVX-512 copies, in every subspace where its table is built (the caller decides when it pays: building the
+// tables costs about as much as scanning ~1000 rows).
 std::tuple<at::Tensor, at::Tensor> pq_assign_cpu(const at::Tensor& x_in, const at::Tensor& codebooks, bool cosine,
                                                  double bound_coefficient, bool grid) {
   check_assign_args(x_in, codebooks);
@@ -267,7 +269,8 @@ std::tuple<at::Tensor, at::Tensor> pq_assign_cpu(const at::Tensor& x_in, const a
   cbT.narrow(2, 0, K).copy_(a.cb.transpose(1, 2));
   const bool fp32_l2 = !cosine && a.compute == at::kFloat && isa() != Isa::generic;
   std::optional<GridTables> grids;
-  if (grid && fp32_l2 && d <= 2 && x.size(0) > 0 && grid_query() != nullptr) grids.emplace(a.cb.data_ptr<float>(), S, K, d);
+  if (grid && fp32_l2 && d <= 2 && x.size(0) > 0 && grid_query() != nullptr)
+    grids.emplace(a.cb.data_ptr<float>(), S, K, d);
   ExpandedCodebooks expanded;
   const bool use_expanded = fp32_l2 && bound_coefficient > 0 && d <= kExpandedMaxD && !grids;
   if (use_expanded) expanded = expanded_codebooks(a.cb, static_cast<float>(bound_coefficient));

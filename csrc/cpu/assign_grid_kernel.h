@@ -1,7 +1,8 @@
-// The query of the cell-grid search (declared in assign_grid.h, which describes the table): per row, find its cell
-// by comparing each coordinate with the cell bounds, score the cell's codes with the direct formula
-// (x0 - c0)^2 + (x1 - c1)^2 (for d = 1 the second coordinates are 0 on both sides, adding an exact 0) and keep the
-// smallest, ties to the lowest index (one 64-bit key per pair, see lane_keys: no compares or branches).
+// The query of the cell-grid search (declared in assign_grid.h, which describes the table and the certificates):
+// per row, find its cell by comparing each coordinate with the cell bounds, score the cell's listed codes with the
+// direct formula (x0 - c0)^2 + (x1 - c1)^2 (for d = 1 the second coordinates are 0 on both sides, adding an exact 0),
+// keep the smallest, ties to the lowest index (one 64-bit key per pair, see lane_keys: no compares or branches), and
+// return it when it is below the row's certificate.
 //
 // Compiled by the AVX2 and AVX-512 copies (assign_avx2.cpp / assign_avx512.cpp) right after assign_kernel.h, whose
 // vector helpers it uses, under the same target pragma and namespace PQ_KERNEL_NS; torch-free and without
@@ -62,7 +63,7 @@ static inline int64_t smallest_key(Key v) {
 }
 
 // The best key of a row (X, Y broadcast) over nc chunks of codes: coordinates xy (nc, 2, kGridChunk), codes
-// (nc, kGridChunk).
+// (nc, kGridChunk). nc = 0 (a block without codes) gives INT64_MAX, which no certificate accepts.
 static inline int64_t best_key(const Vec<float>::V& X, const Vec<float>::V& Y, const float* xy, const int32_t* codes,
                                int32_t nc) {
   using V = Vec<float>::V;
@@ -152,7 +153,7 @@ static void grid_rows(const float* xs, int64_t rows, const GridView& g, int32_t*
         scratch_xy[c * 2 * kGridChunk + kGridChunk + l] = g.bucket_xy[2 * b + 1];
       }
     }
-    for (; n % kGridChunk != 0; ++n) {  // (n >= 1: the block holds the cell's 3 x 3 block, never empty)
+    for (; n % kGridChunk != 0; ++n) {  // (n = 0, an empty block: no chunk, no certificate, -1)
       const int32_t c = n / kGridChunk, l = n % kGridChunk, pc = (n - 1) / kGridChunk, pl = (n - 1) % kGridChunk;
       wide[n] = wide[n - 1];
       scratch_xy[c * 2 * kGridChunk + l] = scratch_xy[pc * 2 * kGridChunk + pl];
