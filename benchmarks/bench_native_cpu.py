@@ -18,7 +18,10 @@ sustain -- R GFLOP/s, i.e. R / 2 G fp32 lane-FMAs per second. Per shape, by the 
   - "expanded" (l2, fp32 inputs, d <= 4, AVX2/AVX-512 copy): d FMAs + one min = d + 1 lane ops per (row, code)
     pair, limit = N S K (d + 1) / (R / 2);
   - "direct" (the direct-formula scan, all else): d subtractions + d multiply(-add)s + one min = 2d + 1 lane ops
-    per pair, limit = N S K (2d + 1) / (R / 2).
+    per pair, limit = N S K (2d + 1) / (R / 2);
+  - "grid" (l2, fp32 inputs, d <= 2, from native_backend.GRID_MIN_ROWS rows): the cell-grid search scores only
+    ~20-30 of the K codes per row (csrc/cpu/assign_grid.h), so no scan of all K codes bounds it; the limit shown
+    is the "expanded" one, the fastest a full scan could be, and the fraction can exceed 100 %.
 The lane-op models count one issue slot per vector lane operation at the rate the SGEMM sustains (loads, index
 book-keeping and the exact re-check are not counted, so 100 % is out of reach); --sgemm-gflops overrides R.
 Then the EMA statistics and the codebook gradient (pq_ema_stats / pq_codebook_grad, backend "cpu") with the GB/s
@@ -43,7 +46,7 @@ from pqgan_kernels import native_backend, reference  # noqa: E402
 from .naive_quantizer import naive_ema_stats, pq_assign_naive  # noqa: E402
 
 # name=S,d,K,N: the #15 table. F8 = PQGAN-F8, VQ d256 = taming VQGAN's codebook, VQ d8 = LlamaGen's.
-SHAPES = {"f8": (64, 2, 512, 8192), "s16d16": (16, 16, 512, 8192), "s8d32": (8, 32, 256, 8192),
+SHAPES = {"f8": (64, 2, 512, 8192), "f16": (64, 2, 128, 8192), "s16d16": (16, 16, 512, 8192), "s8d32": (8, 32, 256, 8192),
           "vq-d256": (1, 256, 16384, 2048), "vq-d8": (1, 8, 16384, 8192)}
 
 
@@ -68,20 +71,22 @@ def sgemm_gflops(reps: int = 5) -> float:
 
 
 def assign_path(x: torch.Tensor, cb: torch.Tensor) -> str:
-    """Which kernel the "cpu" backend runs for an fp32 l2 assignment: "sgemm", "expanded" or "direct"."""
+    """Which kernel the "cpu" backend runs for an fp32 l2 assignment: "sgemm", "grid", "expanded" or "direct"."""
     d, K = cb.shape[2], cb.shape[1]
     if native_backend.uses_gemm(d, K, native_backend.fused_scoring(x, cb)):
         return "sgemm"
-    if d <= 4 and torch.ops.pqgan_native.cpu_isa() != "generic":  # csrc/cpu/assign.cpp use_expanded, fp32 inputs
-        return "expanded"
-    return "direct"
+    if torch.ops.pqgan_native.cpu_isa() == "generic":
+        return "direct"
+    if native_backend.uses_grid(x.shape[0], d):  # csrc/cpu/assign.cpp: grid tables, fp32 inputs
+        return "grid"
+    return "expanded" if d <= 4 else "direct"  # csrc/cpu/assign.cpp use_expanded, fp32 inputs
 
 
 def limit_ms(path: str, N: int, S: int, d: int, K: int, gflops: float) -> float:
     """The arithmetic limit of one call at R = gflops (see the module docstring), in ms."""
     if path == "sgemm":
         return 2 * N * S * K * d / (gflops * 1e9) * 1e3
-    lane_ops = d + 1 if path == "expanded" else 2 * d + 1
+    lane_ops = d + 1 if path in ("expanded", "grid") else 2 * d + 1
     return N * S * K * lane_ops / (gflops / 2 * 1e9) * 1e3
 
 

@@ -16,7 +16,7 @@ csrc/cuda/grid_stride.cuh). Tests shared by all backends: tests/test_kernel_suit
 checks in tests/kernel_checks.py), tests/test_ops.py (registration, opcheck, autograd, validation),
 tests/test_dispatch.py; backend-specific: tests/test_triton.py, tests/test_triton_compile.py (every Triton kernel
 compiles for sm_90, no GPU needed), tests/test_cpu_kernels.py,
-tests/test_cpu_assign_gemm.py, tests/test_cuda_kernels.py (GPU); the oracle: tests/test_reference.py; this map:
+tests/test_cpu_assign_gemm.py, tests/test_cpu_grid.py, tests/test_cuda_kernels.py (GPU); the oracle: tests/test_reference.py; this map:
 tests/test_kernel_map.py.
 
     pq_assign         oracle     reference.pq_assign
@@ -31,6 +31,10 @@ tests/test_kernel_map.py.
                                  ``pqgan_native::pq_assign_gemm`` in csrc/cpu/assign_gemm.cpp (scores by ``gemm_scan``
                                  of csrc/cpu/assign_gemm_kernel.h in the AVX2/AVX-512 copies, declared in
                                  assign_gemm_scan.h, else BLAS; exact re-check within the bound of ``bound.py``);
+                                 l2, fp32, d <= 2 where ``native_backend.uses_grid(N, d)``: the cell-grid search,
+                                 ``assign_grid_impl`` in assign.cpp, tables by csrc/cpu/assign_grid.cpp (declared in
+                                 assign_grid_build.h), query ``assign_tile_grid`` of csrc/cpu/assign_grid_kernel.h in
+                                 the AVX2/AVX-512 copies (declared in assign_grid.h; certified, see assign_grid.cpp);
                                  Python side ``native_backend.cpu_assign``; ISA choice csrc/cpu/isa.cpp ``isa``
                       cuda       csrc/cuda/assign.cu ``assign_kernel`` + ``lookup_kernel``, launcher ``pq_assign_cuda``
                       cpu, cuda  shared set-up (compute-dtype codebooks, outputs): csrc/assign_setup.h
