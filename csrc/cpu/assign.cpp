@@ -35,7 +35,7 @@ namespace {
 
 constexpr int64_t kBlockRows = 64;  // rows per task (a multiple of kTileRows)
 // ... of the grid search: tasks of kGridGroup subspaces (their d = 2 sub-vectors: one 64-byte line per row of x)
-// by kGridBlockRows rows, so that a subspace's table (~60 KiB at K = 512) serves that many rows from L2
+// by kGridBlockRows rows, so that a subspace's table (~72 KiB at K = 512) serves that many rows from L2
 constexpr int64_t kGridBlockRows = 4096;
 constexpr int64_t kGridGroup = 8;
 
@@ -195,7 +195,7 @@ void assign_cpu_impl(const at::Tensor& x, const at::Tensor& cbT, const at::Tenso
 
 // The cell-grid search (assign_grid.h): x (N, D) scalar_t, cbT (S, kd, Kp) fp32, cbx (S, K, kd) scalar_t ->
 // quantized, indices. Tasks are (group of kGridGroup subspaces, block of kGridBlockRows rows), group-major: the
-// group's tables (~60 KiB each at K = 512) stay in L2 across its row blocks, and each task reads its rows' lines of
+// group's tables (~72 KiB each at K = 512) stay in L2 across its row blocks, and each task reads its rows' lines of
 // x once (the group's sub-vectors are one 64-byte line per row at d = 2) into one buffer per subspace and writes
 // the outputs row by row. Rows without a certificate get the direct scan (decide_marked_rows), as do all rows of a
 // subspace without a table.

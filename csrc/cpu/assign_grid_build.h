@@ -20,8 +20,9 @@ struct GridTable {
 };
 
 // One table per subspace, built in parallel over subspaces. cb (S, K, d) fp32 contiguous, d = 1 or 2; a subspace
-// with a code that is not finite or beyond +-kGridMaxAbs gets none. Extra memory per subspace: about 9 K codes
-// (each listed by the 9 cells around its own) at 12 bytes, plus 20 bytes per cell: ~60 KiB at K = 512.
+// with a code that is not finite or beyond +-kGridMaxAbs gets none. Extra memory per subspace: about 9 K listed
+// codes (each listed by the 9 cells around its own, chunks padded to 16) at 12 bytes, the buckets (12 bytes per
+// code) and 20 bytes per cell: ~72 KiB at K = 512 (4.6 MiB at F8's S = 64).
 class GridTables {
  public:
   GridTables(const float* cb, int64_t S, int64_t K, int64_t d);
