@@ -17,6 +17,7 @@ import torch
 
 import pqgan_kernels
 from pqgan_kernels import native_backend
+from pqgan_kernels.bound import bound_coefficient
 from pqgan_kernels.native_backend import GRID_MAX_D, GRID_MIN_ROWS
 
 from test_kernel_suite import FAMILIES, check_assignment, make_case
@@ -24,8 +25,10 @@ from test_kernel_suite import FAMILIES, check_assignment, make_case
 pytestmark = pytest.mark.skipif(pqgan_kernels.backend_info()["cpu"] != "available", reason="cpu backend not built")
 
 
-def grid(x, cb):
-    return torch.ops.pqgan_native.pq_assign(x, cb, False, 0.0, True)
+def grid(x, cb, expanded=True):
+    """The grid search; its uncertified rows go to the expanded scan (expanded, the backend's call) or the direct one."""
+    coefficient = bound_coefficient(cb.shape[2]) if expanded else 0.0
+    return torch.ops.pqgan_native.pq_assign(x, cb, False, coefficient, True)
 
 
 def direct(x, cb):
@@ -45,16 +48,32 @@ def test_grid_matches_oracle(family, N, S, d, K):
     check_assignment(x, cb, q, idx, "l2", family)
 
 
+@pytest.mark.parametrize("expanded", [True, False])
 @pytest.mark.parametrize("spread", [3.0, 30.0, 1e4])
-def test_rows_far_from_the_codes(spread):
+def test_rows_far_from_the_codes(spread, expanded):
     """Rows spread far beyond the codebook: their nearest code often lies outside the 3 x 3 (and 5 x 5) block of
-    their cell, so they pass through the second level and the full scan; codes clustered unevenly (a dense core and
-    a few outliers) make cells of very different sizes."""
+    their cell, so they pass through the second level and the full scan (at 30 and 1e4 most rows: the sample of a
+    block sends the block to the scan without the grid); codes clustered unevenly (a dense core and a few outliers)
+    make cells of very different sizes."""
     g = torch.Generator().manual_seed(int(spread))
     cb = torch.randn(4, 400, 2, generator=g)
     cb[:, :20] *= 25  # a few outlying codes
     x = spread * torch.randn(3000, 8, generator=g)
-    q, idx = grid(x, cb)
+    q, idx = grid(x, cb, expanded)
+    check_assignment(x, cb, q, idx, "l2", "zero_mean")
+
+
+@pytest.mark.parametrize("expanded", [True, False])
+def test_a_few_far_rows_after_the_sample(expanded):
+    """Rows far from the codes, a few percent of a block and after its sample: the block keeps the grid, and those
+    rows go to the second level and then the expanded (or direct) scan."""
+    g = torch.Generator().manual_seed(11)
+    cb = torch.randn(3, 300, 2, generator=g)
+    x = torch.randn(5000, 6, generator=g)
+    far = torch.rand(5000, generator=g) < 0.04
+    far[:200] = False
+    x[far] *= 40
+    q, idx = grid(x, cb, expanded)
     check_assignment(x, cb, q, idx, "l2", "zero_mean")
 
 
@@ -69,11 +88,12 @@ def test_nearest_code_outside_the_block_is_found():
     assert idx[:, 0].tolist() == direct(x, cb)[1][:, 0].tolist() == [64, 32, 47, 64]
 
 
-def test_non_finite_and_huge_rows_get_the_direct_scan_answer():
+@pytest.mark.parametrize("expanded", [True, False])
+def test_non_finite_and_huge_rows_get_the_direct_scan_answer(expanded):
     x, cb = make_case("zero_mean", 300, 3, 2, 200, seed=3)
     x[3, 0], x[8, 3], x[9, 4:] = float("nan"), float("inf"), float("-inf")
-    x[20, 1], x[21, 2] = 3e18, -1e30  # beyond the grid's +-1e18: no certificate
-    q, idx = grid(x, cb)
+    x[200, 1], x[201, 2] = 3e18, -1e30  # beyond the grid's +-1e18: no certificate (after the sample)
+    q, idx = grid(x, cb, expanded)
     q_ref, idx_ref = direct(x, cb)
     assert torch.equal(idx, idx_ref) and torch.equal(q.isnan(), q_ref.isnan())
 
@@ -126,12 +146,13 @@ def test_avx2_copy_of_the_grid_query():
         pytest.skip("the default process already runs the widest copy this CPU has")
     code = """
 import torch, pqgan_kernels
-from test_cpu_grid import test_grid_matches_oracle, test_rows_far_from_the_codes
+from test_cpu_grid import test_a_few_far_rows_after_the_sample, test_grid_matches_oracle, test_rows_far_from_the_codes
 assert torch.ops.pqgan_native.cpu_isa() == "avx2"
 for family in ("zero_mean", "offset-1000-1", "integer_ties", "duplicates"):
     test_grid_matches_oracle(family, 300, 9, 2, 512)
     test_grid_matches_oracle(family, 200, 3, 1, 300)
-test_rows_far_from_the_codes(30.0)
+test_rows_far_from_the_codes(30.0, True)
+test_a_few_far_rows_after_the_sample(True)
 """
     env = dict(os.environ, PQGAN_CPU_ISA="avx2")
     env["PYTHONPATH"] = os.pathsep.join([os.path.dirname(__file__), os.getcwd(), env.get("PYTHONPATH", "")])

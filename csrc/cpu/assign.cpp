@@ -38,6 +38,7 @@ constexpr int64_t kBlockRows = 64;  // rows per task (a multiple of kTileRows)
 // by kGridBlockRows rows, so that a subspace's table (~72 KiB at K = 512) serves that many rows from L2
 constexpr int64_t kGridBlockRows = 4096;
 constexpr int64_t kGridGroup = 8;
+constexpr int64_t kGridSampleRows = 128;  // rows of a block queried first, to see whether the grid pays there
 
 std::string cpu_isa() {
   switch (isa()) {
@@ -132,6 +133,31 @@ ExpandedCodebooks expanded_codebooks(const at::Tensor& cb, float coefficient) { 
   return e;
 }
 
+// The grid's undecided rows (out[r] < 0, r < rows; xs (rows, d) of subspace s) decided by the expanded scan when
+// its inputs are given (rows far from every code -- a codebook much smaller than the data -- would otherwise all
+// take the direct scan, twice its cost), and what that leaves by the direct scan. tmp: (rows rounded up to
+// kTileRows) * (d + 2) floats of scratch.
+void decide_grid_rows(const float* xs, int64_t rows, int64_t d, const float* cbTs, int64_t Kp,
+                      const ExpandedCodebooks* expanded, int64_t s, float* tmp, int64_t* out) {
+  if (expanded == nullptr) return decide_marked_rows(xs, rows, d, cbTs, Kp, out);
+  int64_t n = 0;
+  int64_t* member = reinterpret_cast<int64_t*>(tmp + ((rows + kTileRows - 1) / kTileRows * kTileRows) * d);
+  for (int64_t r = 0; r < rows; ++r)
+    if (out[r] < 0) {
+      std::memcpy(tmp + n * d, xs + r * d, d * sizeof(float));
+      member[n++] = r;
+    }
+  if (n == 0) return;
+  const int64_t padded = (n + kTileRows - 1) / kTileRows * kTileRows;
+  for (int64_t i = n; i < padded; ++i) std::memcpy(tmp + i * d, tmp + (n - 1) * d, d * sizeof(float));
+  std::vector<int64_t> decided(padded);
+  assign_tile_expanded_dispatch(tmp, padded, d, cbTs, Kp, expanded->ce.data_ptr<float>() + s * (d + 1) * expanded->Kpe,
+                                expanded->Kpe, expanded->m.data_ptr<float>() + s * d,
+                                expanded->rc.data_ptr<float>()[s], expanded->coefficient, decided.data());
+  decide_marked_rows(tmp, n, d, cbTs, Kp, decided.data());
+  for (int64_t i = 0; i < n; ++i) out[member[i]] = decided[i];
+}
+
 // x (N, D) scalar_t, cbT (S, d, Kp) T, cbx (S, K, d) scalar_t -> quantized (N, D) scalar_t, indices (N, S).
 // expanded: the expanded scan's inputs when it applies (T = float), else nullptr.
 template <typename scalar_t, typename T>
@@ -197,11 +223,12 @@ void assign_cpu_impl(const at::Tensor& x, const at::Tensor& cbT, const at::Tenso
 // quantized, indices. Tasks are (group of kGridGroup subspaces, block of kGridBlockRows rows), group-major: the
 // group's tables (~72 KiB each at K = 512) stay in L2 across its row blocks, and each task reads its rows' lines of
 // x once (the group's sub-vectors are one 64-byte line per row at d = 2) into one buffer per subspace and writes
-// the outputs row by row. Rows without a certificate get the direct scan (decide_marked_rows), as do all rows of a
-// subspace without a table.
+// the outputs row by row. Rows without a certificate get the expanded scan where its inputs are given, else (and
+// for what it leaves) the direct scan (decide_grid_rows). A block whose first kGridSampleRows rows are over a
+// quarter uncertified, and every block of a subspace without a table, takes the scan pq_assign runs without grid.
 template <typename scalar_t, int kd>
 void assign_grid_impl(const at::Tensor& x, const at::Tensor& cbT, const at::Tensor& cbx, const GridTables& grids,
-                      at::Tensor& quantized, at::Tensor& indices) {
+                      const ExpandedCodebooks* expanded, at::Tensor& quantized, at::Tensor& indices) {
   const int64_t N = x.size(0), S = cbx.size(0), K = cbx.size(1), D = S * kd, Kp = cbT.size(2);
   const scalar_t* xp = x.data_ptr<scalar_t>();
   const float* cbTp = cbT.data_ptr<float>();
@@ -218,6 +245,7 @@ void assign_grid_impl(const at::Tensor& x, const at::Tensor& cbT, const at::Tens
     std::vector<int64_t> out(kGridGroup * kGridBlockRows);       // (group, rows)
     std::vector<int32_t> scratch(kGridScratch(kGridBlockRows, K));
     std::vector<float> scratch_xy(kGridScratchXY(K));
+    std::vector<float> undecided(kGridBlockRows * (kd + 2));  // decide_grid_rows' scratch
     for (int64_t t = next.fetch_add(1); t < ntasks; t = next.fetch_add(1)) {
       const int64_t n0 = (t % nblocks) * kGridBlockRows, rows = std::min(kGridBlockRows, N - n0);
       const int64_t s0 = (t / nblocks) * kGridGroup, ns = std::min(kGridGroup, S - s0);
@@ -231,11 +259,25 @@ void assign_grid_impl(const at::Tensor& x, const at::Tensor& cbT, const at::Tens
         int64_t* o = out.data() + i * kGridBlockRows;
         const float* cbTs = cbTp + (s0 + i) * kd * Kp;
         if (const GridView* view = grids.view(s0 + i)) {
-          query(xs, rows, kd, *view, scratch.data(), scratch_xy.data(), o);
+          // a sample first: when over a quarter of it has no certificate (data far from the codes), the grid
+          // would mostly add its cost to the scan's, so the whole block takes the scan pq_assign runs without it
+          const int64_t sample = std::min(rows, kGridSampleRows);
+          query(xs, sample, kd, *view, scratch.data(), scratch_xy.data(), o);
+          if (4 * std::count(o, o + sample, int64_t(-1)) <= sample) {
+            query(xs + sample * kd, rows - sample, kd, *view, scratch.data(), scratch_xy.data(), o + sample);
+            decide_grid_rows(xs, rows, kd, cbTs, Kp, expanded, s0 + i, undecided.data(), o);
+            continue;
+          }
+        }
+        const int64_t padded = (rows + kTileRows - 1) / kTileRows * kTileRows;  // <= kGridBlockRows
+        std::fill(xs + rows * kd, xs + padded * kd, 0.f);
+        if (expanded != nullptr) {  // the scan pq_assign runs without the grid
+          assign_tile_expanded_dispatch(xs, padded, kd, cbTs, Kp,
+                                        expanded->ce.data_ptr<float>() + (s0 + i) * (kd + 1) * expanded->Kpe,
+                                        expanded->Kpe, expanded->m.data_ptr<float>() + (s0 + i) * kd,
+                                        expanded->rc.data_ptr<float>()[s0 + i], expanded->coefficient, o);
           decide_marked_rows(xs, rows, kd, cbTs, Kp, o);
         } else {
-          const int64_t padded = (rows + kTileRows - 1) / kTileRows * kTileRows;  // <= kGridBlockRows
-          std::fill(xs + rows * kd, xs + padded * kd, 0.f);
           assign_tile_dispatch<float>(xs, padded, kd, cbTs, Kp, false, o);
         }
       }
@@ -272,13 +314,15 @@ std::tuple<at::Tensor, at::Tensor> pq_assign_cpu(const at::Tensor& x_in, const a
   if (grid && fp32_l2 && d <= 2 && x.size(0) > 0 && grid_query() != nullptr)
     grids.emplace(a.cb.data_ptr<float>(), S, K, d);
   ExpandedCodebooks expanded;
-  const bool use_expanded = fp32_l2 && bound_coefficient > 0 && d <= kExpandedMaxD && !grids;
+  const bool use_expanded = fp32_l2 && bound_coefficient > 0 && d <= kExpandedMaxD;
   if (use_expanded) expanded = expanded_codebooks(a.cb, static_cast<float>(bound_coefficient));
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "pq_assign_cpu", [&] {
     if (grids && d == 1)
-      assign_grid_impl<scalar_t, 1>(x, cbT, a.cbx, *grids, a.quantized, a.indices);
+      assign_grid_impl<scalar_t, 1>(x, cbT, a.cbx, *grids, use_expanded ? &expanded : nullptr, a.quantized,
+                                    a.indices);
     else if (grids)
-      assign_grid_impl<scalar_t, 2>(x, cbT, a.cbx, *grids, a.quantized, a.indices);
+      assign_grid_impl<scalar_t, 2>(x, cbT, a.cbx, *grids, use_expanded ? &expanded : nullptr, a.quantized,
+                                    a.indices);
     else if (a.compute == at::kDouble)
       assign_cpu_impl<scalar_t, double>(x, cbT, a.cbx, cosine, nullptr, a.quantized, a.indices);
     else
