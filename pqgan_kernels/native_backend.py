@@ -20,7 +20,7 @@ re-check within bound.py's bound). For d <= 2 (the paper's d = 2) and at least `
 the cell-grid search instead (``uses_grid``; csrc/cpu/assign_grid.h): per subspace the plane is cut into cells at
 the codes' quantiles, each row scores only the ~20 codes of the 3 x 3 cells around its own, and a certificate (its
 distance to that block's sides) proves the result equals a full direct scan; uncertified rows try the 5 x 5 block,
-then a full scan.
+then the expanded scan (a block of data mostly far from the codes goes to it directly).
 
 Native ops (schemas in ``csrc/ops.cpp``; CPU kernels in ``csrc/cpu/<op>.cpp``, CUDA kernels in ``csrc/cuda/<op>.cu``):
     pq_assign(x (N, S*d), codebooks (S, K, d), cosine: bool, bound_coefficient: float = 0, grid: bool = False)
