@@ -117,18 +117,62 @@ struct ExpandedCodebooks {
   float coefficient = 0.f;
 };
 
-ExpandedCodebooks expanded_codebooks(const at::Tensor& cb, float coefficient) {  // cb (S, K, d) float
+// cb (S, K, d) contiguous, float or double -> (S, d, Kp) transposed, columns K..Kp-1 NaN. A plain loop (see below).
+at::Tensor transposed_codebooks(const at::Tensor& cb, int64_t Kp) {
+  const int64_t S = cb.size(0), K = cb.size(1), d = cb.size(2);
+  at::Tensor cbT = at::empty({S, d, Kp}, cb.options());
+  AT_DISPATCH_FLOATING_TYPES(cb.scalar_type(), "transposed_codebooks", [&] {
+    const scalar_t* c = cb.data_ptr<scalar_t>();
+    scalar_t* t = cbT.data_ptr<scalar_t>();
+    for (int64_t s = 0; s < S; ++s)
+      for (int64_t j = 0; j < d; ++j) {
+        scalar_t* row = t + (s * d + j) * Kp;
+        for (int64_t k = 0; k < K; ++k) row[k] = c[(s * K + k) * d + j];
+        for (int64_t k = K; k < Kp; ++k) row[k] = std::numeric_limits<scalar_t>::quiet_NaN();
+      }
+  });
+  return cbT;
+}
+
+// Plain loops, not torch ops: a dozen small ops cost ~0.5 ms per call on the 2-core box (each wakes the thread pool).
+ExpandedCodebooks expanded_codebooks(const at::Tensor& cb, float coefficient) {  // cb (S, K, d) float contiguous
   const int64_t S = cb.size(0), K = cb.size(1), d = cb.size(2);
   ExpandedCodebooks e;
   e.Kpe = (K + kExpandedBlock - 1) / kExpandedBlock * kExpandedBlock;
-  e.m = cb.mean(1);                                                  // (S, d): any centre keeps the bound valid
-  const at::Tensor centred = cb - e.m.unsqueeze(1);                  // fl(c - m)
-  const at::Tensor norm2 = centred.pow(2).sum(-1);                   // (S, K) fl(|c'|^2)
-  e.rc = centred.to(at::kDouble).pow(2).sum(-1).amax(1).sqrt().to(at::kFloat);  // (S,) max_k |c'_k|
-  e.ce = at::zeros({S, d + 1, e.Kpe}, cb.options());
-  e.ce.select(1, 0).fill_(std::numeric_limits<float>::quiet_NaN());
-  e.ce.select(1, 0).narrow(1, 0, K).copy_(norm2);
-  e.ce.narrow(1, 1, d).narrow(2, 0, K).copy_(centred.transpose(1, 2) * -2);
+  e.m = at::empty({S, d}, cb.options());
+  e.rc = at::empty({S}, cb.options());
+  e.ce = at::empty({S, d + 1, e.Kpe}, cb.options());
+  const float* c = cb.data_ptr<float>();
+  float* m = e.m.data_ptr<float>();
+  float* rc = e.rc.data_ptr<float>();
+  float* ce = e.ce.data_ptr<float>();
+  for (int64_t s = 0; s < S; ++s) {
+    const float* cs = c + s * K * d;
+    for (int64_t j = 0; j < d; ++j) {  // the mean (any centre keeps the bound valid)
+      double acc = 0;
+      for (int64_t k = 0; k < K; ++k) acc += cs[k * d + j];
+      m[s * d + j] = static_cast<float>(acc / K);
+    }
+    float* norm2 = ce + s * (d + 1) * e.Kpe;  // row 0: fl(|c'_k|^2), NaN padding; rows 1..d: -2 c'_k, 0 padding
+    double r2 = 0;                            // max_k |c'_k|^2, in fp64
+    for (int64_t k = 0; k < K; ++k) {
+      float n2 = 0.f;
+      double n2d = 0;
+      for (int64_t j = 0; j < d; ++j) {
+        const float cj = cs[k * d + j] - m[s * d + j];  // fl(c - m)
+        n2 += cj * cj;
+        n2d += static_cast<double>(cj) * cj;
+        norm2[(1 + j) * e.Kpe + k] = -2.f * cj;
+      }
+      norm2[k] = n2;
+      r2 = std::max(r2, n2d);
+    }
+    for (int64_t k = K; k < e.Kpe; ++k) {
+      norm2[k] = std::numeric_limits<float>::quiet_NaN();
+      for (int64_t j = 0; j < d; ++j) norm2[(1 + j) * e.Kpe + k] = 0.f;
+    }
+    rc[s] = static_cast<float>(std::sqrt(r2));
+  }
   e.coefficient = coefficient;
   return e;
 }
@@ -307,8 +351,7 @@ std::tuple<at::Tensor, at::Tensor> pq_assign_cpu(const at::Tensor& x_in, const a
   AssignSetup a = assign_setup(x, codebooks, cosine);
   const int64_t S = a.cb.size(0), K = a.cb.size(1), d = a.cb.size(2);
   const int64_t Kp = (K + kTileCodes - 1) / kTileCodes * kTileCodes;
-  at::Tensor cbT = at::full({S, d, Kp}, std::numeric_limits<double>::quiet_NaN(), a.cb.options());
-  cbT.narrow(2, 0, K).copy_(a.cb.transpose(1, 2));
+  const at::Tensor cbT = transposed_codebooks(a.cb, Kp);
   const bool fp32_l2 = !cosine && a.compute == at::kFloat && isa() != Isa::generic;
   std::optional<GridTables> grids;
   if (grid && fp32_l2 && d <= 2 && x.size(0) > 0 && grid_query() != nullptr)
