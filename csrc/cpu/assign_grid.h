@@ -12,7 +12,7 @@
 // the answer of a direct scan of all K codes). A row without a certificate (~4 % of Gaussian rows) tries again with
 // the 5 x 5 block around its cell (its codes gathered from the cell buckets); rows without a certificate there too,
 // and rows with a value that is not finite or beyond +-kGridMaxAbs, get out = -1 for the caller to decide with a
-// full scan.
+// scan of all codes (assign.cpp decide_grid_rows).
 #pragma once
 #include <cstdint>
 
@@ -23,8 +23,8 @@ constexpr int kGridChunk = 16;     // a cell's codes are stored in chunks of thi
 constexpr float kGridMaxAbs = 1e18f;  // rows and codes within +-this: no squared distance overflows fp32
 
 // One subspace's table, read-only for the query. Chunk c holds the codes' first coordinates at chunks[32 c ..],
-// their second coordinates (0 for d = 1) at chunks[32 c + 16 ..] and their indices at codes[16 c ..], in ascending
-// index order; padding repeats the cell's last code. Cell (ix, iy) is cell ix * gy + iy; its chunks are
+// their second coordinates (0 for d = 1) at chunks[32 c + 16 ..] and their indices at codes[16 c ..], in bucket
+// order (the query's keys break ties by index, not by position); padding repeats the cell's last code. Cell (ix, iy) is cell ix * gy + iy; its chunks are
 // start[cell] .. start[cell + 1] - 1; sides[4 cell ..] = {left, right, bottom, top}: the lines beyond which lie the
 // codes it does not list (+-inf where there are none).
 struct GridView {
