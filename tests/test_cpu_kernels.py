@@ -118,6 +118,20 @@ def test_ema_stats_and_codebook_grad(dtype, index_dtype, N, S, d, K):
     assert torch.equal(counts1, counts) and torch.equal(sums1, sums)
 
 
+@pytest.mark.parametrize("N,S,d,K", [(3000, 64, 2, 512), (700, 20, 1, 300), (900, 17, 3, 100), (500, 16, 2, 40000)])
+def test_ema_stats_paths_agree_bitwise(N, S, d, K):
+    """fp32 d <= 3 statistics take the 16-byte (sums, count) slot path when the per-thread table is small enough
+    (not at K = 40000), the codebook gradient the plain scatter: per (subspace, code) both add the rows in order, so
+    the sums must be equal bit for bit, and the counts equal a histogram."""
+    g = torch.Generator().manual_seed(N + d)
+    x = torch.randn(N, S * d, generator=g)
+    idx = torch.randint(0, K, (N, S), generator=g)
+    counts, sums = pqgan_kernels.pq_ema_stats(x, idx, K, backend="cpu")
+    assert torch.equal(sums, pqgan_kernels.pq_codebook_grad(x, idx, K, backend="cpu"))
+    expected = torch.zeros(S * K).index_add_(0, (idx + torch.arange(S) * K).reshape(-1), torch.ones(N * S))
+    assert torch.equal(counts.reshape(-1), expected)
+
+
 def test_ema_update_through_the_op():
     x, cb = random_case(200, 4, 3, 16, seed=9)
     cs, es = torch.rand(4, 16) + 0.5, torch.randn(4, 16, 3)

@@ -9,6 +9,8 @@
 #include <algorithm>
 #include <atomic>
 #include <cstdint>
+#include <type_traits>
+#include <vector>
 
 #include "scatter_ops.h"
 
@@ -36,7 +38,16 @@ bool scatter_rows(const scalar_t* vp, const index_t* ip, int64_t n0, int64_t n1,
         if (static_cast<uint64_t>(k) >= static_cast<uint64_t>(K)) return false;
         T* dst = sums_p + (s * K + k) * kd;
         const scalar_t* src = xrow + s * kd;
-        for (int j = 0; j < kd; ++j) dst[j] += static_cast<T>(src[j]);
+        if constexpr (kd == 2 && std::is_same<T, float>::value && std::is_same<scalar_t, float>::value) {
+          typedef float F2 __attribute__((vector_size(8)));  // the pair as one 8-byte load, add and store
+          F2 a, b;
+          __builtin_memcpy(&a, dst, 8);
+          __builtin_memcpy(&b, src, 8);
+          a += b;
+          __builtin_memcpy(dst, &a, 8);
+        } else {
+          for (int j = 0; j < kd; ++j) dst[j] += static_cast<T>(src[j]);
+        }
         if constexpr (COUNTS) counts_p[s * K + k] += T(1);
       }
     }
@@ -62,6 +73,47 @@ bool scatter_rows(const scalar_t* vp, const index_t* ip, int64_t n0, int64_t n1,
       }
     }
   }
+  return true;
+}
+
+// The statistics (sums and counts) for d <= 3, fp32: one 16-byte slot per (subspace, code) in a thread-local table
+// -- lanes 0 .. kd - 1 the sums, lane 3 the count -- so a (row, subspace) is one 16-byte read-modify-write instead of
+// two (sums, counts); the table is added into sums_p / counts_p at the end. Per (subspace, code) the rows are added
+// in order from 0, so the results are the bits of scatter_rows. Measured at F8 (2 threads): 0.46 vs 0.57 ms.
+constexpr int64_t kSlotsMaxBytes = 1 << 20;  // a larger thread-local table: scatter_rows instead
+template <int kd, typename index_t>
+bool scatter_rows_slots(const float* vp, const index_t* ip, int64_t n0, int64_t n1, int64_t S, int64_t K, int64_t u0,
+                        int64_t u1, float* sums_p, float* counts_p) {
+  static_assert(kd >= 1 && kd <= 3, "the sums and the count fit one 4-float slot");
+  typedef float F4 __attribute__((vector_size(16)));
+  typedef float F2 __attribute__((vector_size(8)));
+  // kept per thread between calls (<= kSlotsMaxBytes): a fresh table each call costs its page faults
+  thread_local std::vector<F4> slot;
+  slot.assign((u1 - u0) * K, F4{0.f, 0.f, 0.f, 0.f});
+  for (int64_t n = n0; n < n1; ++n) {
+    const index_t* irow = ip + n * S;
+    const float* xrow = vp + n * kd * S;
+    for (int64_t s = u0; s < u1; ++s) {
+      const int64_t k = static_cast<int64_t>(irow[s]);
+      if (static_cast<uint64_t>(k) >= static_cast<uint64_t>(K)) return false;
+      const float* x = xrow + kd * s;
+      F4 add;
+      if constexpr (kd == 2) {  // one 8-byte load (a partial memcpy into a 16-byte vector stalls store forwarding)
+        F2 v;
+        __builtin_memcpy(&v, x, sizeof(v));
+        add = __builtin_shufflevector(v, F2{0.f, 1.f}, 0, 1, 2, 3);
+      } else {
+        add = F4{x[0], kd > 1 ? x[1] : 0.f, kd > 2 ? x[2] : 0.f, 1.f};
+      }
+      slot[(s - u0) * K + k] += add;
+    }
+  }
+  for (int64_t s = u0; s < u1; ++s)
+    for (int64_t k = 0; k < K; ++k) {
+      const F4 t = slot[(s - u0) * K + k];
+      for (int j = 0; j < kd; ++j) sums_p[(s * K + k) * kd + j] += t[j];
+      counts_p[s * K + k] += t[3];
+    }
   return true;
 }
 
@@ -118,9 +170,18 @@ void scatter_cpu_impl(const at::Tensor& values, const at::Tensor& indices, at::T
       const int64_t n0 = N * p / parts, n1 = N * (p + 1) / parts;
       T* sums_p = p == 0 ? sp : partial_p + (p - 1) * stride;
       T* counts_p = cp == nullptr ? nullptr : (p == 0 ? cp : sums_p + per_part);
-      const bool ok = cp != nullptr
-                          ? scatter_rows_any_d<true>(vp, ip, n0, n1, S, K, d, u0, u1, sums_p, counts_p)
-                          : scatter_rows_any_d<false>(vp, ip, n0, n1, S, K, d, u0, u1, sums_p, counts_p);
+      bool ok;
+      if constexpr (std::is_same<scalar_t, float>::value && std::is_same<T, float>::value) {
+        if (cp != nullptr && d <= 3 && (u1 - u0) * K * 16 <= kSlotsMaxBytes) {
+          ok = d == 1   ? scatter_rows_slots<1>(vp, ip, n0, n1, S, K, u0, u1, sums_p, counts_p)
+               : d == 2 ? scatter_rows_slots<2>(vp, ip, n0, n1, S, K, u0, u1, sums_p, counts_p)
+                        : scatter_rows_slots<3>(vp, ip, n0, n1, S, K, u0, u1, sums_p, counts_p);
+          if (!ok) bad = true;
+          continue;
+        }
+      }
+      ok = cp != nullptr ? scatter_rows_any_d<true>(vp, ip, n0, n1, S, K, d, u0, u1, sums_p, counts_p)
+                         : scatter_rows_any_d<false>(vp, ip, n0, n1, S, K, d, u0, u1, sums_p, counts_p);
       if (!ok) bad = true;
     }
   });
