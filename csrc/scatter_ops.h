@@ -15,12 +15,14 @@ namespace pqgan {
 // sums[s, k, :] += values[n, s*d:(s+1)*d] into zeroed sums (S, K, d); counts[s, k] += 1 when counts != nullptr.
 using Scatter = void (*)(const at::Tensor& values, const at::Tensor& indices, at::Tensor& sums, at::Tensor* counts);
 
-// A zeroed tensor; on the CPU by one memset in this thread (at::zeros' parallel fill wakes the thread pool, which
-// costs more than zeroing the few hundred KiB of statistics).
+// A zeroed tensor; a small one on the CPU by one memset in this thread (at::zeros' parallel fill wakes the thread
+// pool, which costs more than zeroing a few hundred KiB; large ones keep the parallel fill).
 inline at::Tensor zeroed(at::IntArrayRef shape, const at::TensorOptions& opts) {
-  if (opts.device().type() != c10::DeviceType::CPU) return at::zeros(shape, opts);
   at::Tensor t = at::empty(shape, opts);
-  std::memset(t.data_ptr(), 0, t.nbytes());
+  if (opts.device().type() == c10::DeviceType::CPU && t.nbytes() <= (size_t(1) << 20))
+    std::memset(t.data_ptr(), 0, t.nbytes());
+  else
+    t.zero_();
   return t;
 }
 
