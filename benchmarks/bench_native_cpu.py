@@ -46,8 +46,8 @@ from pqgan_kernels import native_backend, reference  # noqa: E402
 from .naive_quantizer import naive_ema_stats, pq_assign_naive  # noqa: E402
 
 # name=S,d,K,N: the #15 table. F8 = PQGAN-F8, VQ d256 = taming VQGAN's codebook, VQ d8 = LlamaGen's.
-SHAPES = {"f8": (64, 2, 512, 8192), "f16": (64, 2, 128, 8192), "s16d16": (16, 16, 512, 8192), "s8d32": (8, 32, 256, 8192),
-          "vq-d256": (1, 256, 16384, 2048), "vq-d8": (1, 8, 16384, 8192)}
+SHAPES = {"f8": (64, 2, 512, 8192), "f16": (64, 2, 128, 8192), "s16d16": (16, 16, 512, 8192),
+          "s8d32": (8, 32, 256, 8192), "vq-d256": (1, 256, 16384, 2048), "vq-d8": (1, 8, 16384, 8192)}
 
 
 def timed(fn, reps: int) -> tuple[float, float]:

@@ -26,7 +26,8 @@ pytestmark = pytest.mark.skipif(pqgan_kernels.backend_info()["cpu"] != "availabl
 
 
 def grid(x, cb, expanded=True):
-    """The grid search; its uncertified rows go to the expanded scan (expanded, the backend's call) or the direct one."""
+    """The grid search; its uncertified rows go to the expanded scan (expanded: as the backend calls it) or the
+    direct one."""
     coefficient = bound_coefficient(cb.shape[2]) if expanded else 0.0
     return torch.ops.pqgan_native.pq_assign(x, cb, False, coefficient, True)
 

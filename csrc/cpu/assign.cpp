@@ -7,7 +7,7 @@
 // against the transposed codebook tile cbT[s] (d, Kp), writes the indices and copies the chosen codewords into
 // quantized. Working memory: the (S, d, Kp) transposed codebooks plus kBlockRows*d per thread; no (N, K) buffer.
 // l2, fp32, d <= kExpandedMaxD on the AVX2 / AVX-512 copies: the expanded-formula scan with its exact re-check runs
-// instead (assign_tile_expanded_dispatch), and the rows it leaves undecided get the direct scan (decide_marked_rows).
+// instead, then the direct scan for the rows it leaves undecided (scan_expanded).
 // l2, fp32, d <= 2 when the caller asks for it (grid = true; pqgan_kernels/native_backend.py decides by the number of
 // rows): the cell-grid search of assign_grid.h instead (assign_grid_impl), tables built per call (assign_grid.cpp).
 #include <ATen/ATen.h>
@@ -82,16 +82,6 @@ void decide_marked_rows(const float* xs, int64_t rows, int64_t d, const float* c
       filled = 0;
     }
   }
-}
-
-// The expanded-formula scan (l2, fp32, d <= kExpandedMaxD) of the AVX2 / AVX-512 copies: measured on the 2-core
-// AVX-512 Xeon at F8 (d = 2, K = 512) it takes half the time of the direct-formula scan. Rows it leaves at -1
-// (near-ties, no finite score) are decided by assign_tile_dispatch, kTileRows at a time.
-void assign_tile_expanded_dispatch(const float* xs, int64_t rows, int64_t d, const float* cbT, int64_t Kp,
-                                   const float* ce, int64_t Kpe, const float* m, float rc, float coefficient,
-                                   int64_t* out) {
-  if (isa() == Isa::avx512) avx512::assign_tile_expanded(xs, rows, d, cbT, Kp, ce, Kpe, m, rc, coefficient, out);
-  else avx2::assign_tile_expanded(xs, rows, d, cbT, Kp, ce, Kpe, m, rc, coefficient, out);
 }
 
 typedef void (*GridQueryFn)(const float* xs, int64_t rows, int64_t d, const GridView& grid, int32_t* scratch,
@@ -177,6 +167,21 @@ ExpandedCodebooks expanded_codebooks(const at::Tensor& cb, float coefficient) { 
   return e;
 }
 
+// The expanded-formula scan (l2, fp32, d <= kExpandedMaxD) of the AVX2 / AVX-512 copies for subspace s, then the
+// direct scan for the rows it leaves at -1 (near-ties, no finite score): measured on the 2-core AVX-512 Xeon at F8
+// (d = 2, K = 512) it takes half the time of the direct scan. xs (rows, d), readable (and padded with any finite
+// rows) up to rows rounded up to kTileRows; out likewise sized.
+void scan_expanded(const float* xs, int64_t rows, int64_t d, const float* cbTs, int64_t Kp, const ExpandedCodebooks& e,
+                   int64_t s, int64_t* out) {
+  const int64_t padded = (rows + kTileRows - 1) / kTileRows * kTileRows;
+  const float* ce = e.ce.data_ptr<float>() + s * (d + 1) * e.Kpe;
+  const float* m = e.m.data_ptr<float>() + s * d;
+  const float rc = e.rc.data_ptr<float>()[s];
+  if (isa() == Isa::avx512) avx512::assign_tile_expanded(xs, padded, d, cbTs, Kp, ce, e.Kpe, m, rc, e.coefficient, out);
+  else avx2::assign_tile_expanded(xs, padded, d, cbTs, Kp, ce, e.Kpe, m, rc, e.coefficient, out);
+  decide_marked_rows(xs, rows, d, cbTs, Kp, out);
+}
+
 // The grid's undecided rows (out[r] < 0, r < rows; xs (rows, d) of subspace s) decided by the expanded scan when
 // its inputs are given (rows far from every code -- a codebook much smaller than the data -- would otherwise all
 // take the direct scan, twice its cost), and what that leaves by the direct scan. tmp: (rows rounded up to
@@ -195,10 +200,7 @@ void decide_grid_rows(const float* xs, int64_t rows, int64_t d, const float* cbT
   const int64_t padded = (n + kTileRows - 1) / kTileRows * kTileRows;
   for (int64_t i = n; i < padded; ++i) std::memcpy(tmp + i * d, tmp + (n - 1) * d, d * sizeof(float));
   std::vector<int64_t> decided(padded);
-  assign_tile_expanded_dispatch(tmp, padded, d, cbTs, Kp, expanded->ce.data_ptr<float>() + s * (d + 1) * expanded->Kpe,
-                                expanded->Kpe, expanded->m.data_ptr<float>() + s * d,
-                                expanded->rc.data_ptr<float>()[s], expanded->coefficient, decided.data());
-  decide_marked_rows(tmp, n, d, cbTs, Kp, decided.data());
+  scan_expanded(tmp, n, d, cbTs, Kp, *expanded, s, decided.data());
   for (int64_t i = 0; i < n; ++i) out[member[i]] = decided[i];
 }
 
@@ -242,11 +244,7 @@ void assign_cpu_impl(const at::Tensor& x, const at::Tensor& cbT, const at::Tenso
         bool decided = false;
         if constexpr (std::is_same<T, float>::value) {
           if (expanded != nullptr) {
-            assign_tile_expanded_dispatch(buf.data(), padded, d, cbTp + s * d * Kp, Kp,
-                                          expanded->ce.data_ptr<float>() + s * (d + 1) * expanded->Kpe,
-                                          expanded->Kpe, expanded->m.data_ptr<float>() + s * d,
-                                          expanded->rc.data_ptr<float>()[s], expanded->coefficient, out.data());
-            decide_marked_rows(buf.data(), rows, d, cbTp + s * d * Kp, Kp, out.data());
+            scan_expanded(buf.data(), rows, d, cbTp + s * d * Kp, Kp, *expanded, s, out.data());
             decided = true;
           }
         }
@@ -316,11 +314,7 @@ void assign_grid_impl(const at::Tensor& x, const at::Tensor& cbT, const at::Tens
         const int64_t padded = (rows + kTileRows - 1) / kTileRows * kTileRows;  // <= kGridBlockRows
         std::fill(xs + rows * kd, xs + padded * kd, 0.f);
         if (expanded != nullptr) {  // the scan pq_assign runs without the grid
-          assign_tile_expanded_dispatch(xs, padded, kd, cbTs, Kp,
-                                        expanded->ce.data_ptr<float>() + (s0 + i) * (kd + 1) * expanded->Kpe,
-                                        expanded->Kpe, expanded->m.data_ptr<float>() + (s0 + i) * kd,
-                                        expanded->rc.data_ptr<float>()[s0 + i], expanded->coefficient, o);
-          decide_marked_rows(xs, rows, kd, cbTs, Kp, o);
+          scan_expanded(xs, rows, kd, cbTs, Kp, *expanded, s0 + i, o);
         } else {
           assign_tile_dispatch<float>(xs, padded, kd, cbTs, Kp, false, o);
         }

@@ -16,7 +16,8 @@
 // The same argument holds for the query's second level, the 5 x 5 block with its own sides.
 //
 // Work per subspace: sorting a sample of <= 128 codes' coordinates per axis (the cell bounds are its quantiles),
-// bucketing the codes by cell and copying each cell's 3 x 3 block: O(K + 9 K), independent of the number of rows.
+// bucketing the codes by cell and copying each cell's 3 x 3 block (grid_block_chunks): O(K + 9 K), independent of
+// the number of rows.
 #include "cpu/assign_grid_build.h"
 
 #include <ATen/Parallel.h>
@@ -65,7 +66,7 @@ bool build_table(const float* cb, int64_t K, int64_t d, GridTable& t) {
     for (int i = 0; i < kGridMaxCells; ++i) n += bounds[a][i] <= v;
     return n;
   };
-  // the codes bucketed by cell, ascending within each cell, with their coordinates (for the query's second level)
+  // the codes bucketed by cell, ascending within each cell, with their coordinates (blocks are gathered from them)
   std::vector<int32_t>& bstart = t.bucket_start;
   std::vector<int32_t>& bcode = t.bucket_codes;
   std::vector<int32_t> home(K);
@@ -79,43 +80,28 @@ bool build_table(const float* cb, int64_t K, int64_t d, GridTable& t) {
   }
   t.bucket_xy.resize(2 * K);
   for (int64_t b = 0; b < K; ++b) t.bucket_xy[2 * b] = coord[0][bcode[b]], t.bucket_xy[2 * b + 1] = coord[1][bcode[b]];
-  // per cell: its block's codes (bucket order: the query's keys break ties by code, not by position), padded to
-  // whole chunks with copies of the last
-  t.start.assign(1, 0);
-  t.sides.resize(G * 4);
-  t.codes.clear();
-  for (int i = 0; i < gx; ++i)
-    for (int j = 0; j < gy; ++j) {
-      const int64_t cell = int64_t(i) * gy + j;
-      const size_t first = t.codes.size();
-      for (int ci = std::max(0, i - 1); ci <= std::min(gx - 1, i + 1); ++ci)
-        t.codes.insert(t.codes.end(), bcode.begin() + bstart[int64_t(ci) * gy + std::max(0, j - 1)],
-                       bcode.begin() + bstart[int64_t(ci) * gy + std::min(gy - 1, j + 1) + 1]);
-      const int32_t last = t.codes.size() > first ? t.codes.back() : 0;  // (an empty block keeps no chunk)
-      t.codes.resize((t.codes.size() + kGridChunk - 1) / kGridChunk * kGridChunk, last);
-      t.start.push_back(int32_t(t.codes.size() / kGridChunk));
-      // the sides beyond which lie the unlisted codes: cells i - 2 and lower end at bound F[i - 1] = bx[i - 2] ...
-      float* side = t.sides.data() + cell * 4;
-      side[0] = i >= 2 ? t.bx[i - 2] : -INFINITY;
-      side[1] = i + 2 <= gx - 1 ? t.bx[i + 1] : INFINITY;
-      side[2] = j >= 2 ? t.by[j - 2] : -INFINITY;
-      side[3] = j + 2 <= gy - 1 ? t.by[j + 1] : INFINITY;
-    }
-  t.chunks.resize(t.codes.size() * 2);
-  for (size_t c = 0; c < t.codes.size() / kGridChunk; ++c)
-    for (int a = 0; a < 2; ++a)
-      for (int l = 0; l < kGridChunk; ++l)
-        t.chunks[(c * 2 + a) * kGridChunk + l] = coord[a][t.codes[c * kGridChunk + l]];
   t.view.cells = int(G);
   t.view.gx = gx;
   t.view.gy = gy;
+  t.view.bx = t.bx;
+  t.view.by = t.by;
   t.view.bucket_start = bstart.data();
   t.view.bucket_codes = bcode.data();
   t.view.bucket_xy = t.bucket_xy.data();
-  t.view.bx = t.bx;
-  t.view.by = t.by;
+  // per cell: the codes of the block of cells within 1 of it, in chunk layout (an empty block keeps no chunk)
+  t.start.assign(1, 0);
+  t.codes.clear();
+  t.chunks.clear();
+  std::vector<int32_t> block(K + kGridChunk);
+  std::vector<float> block_xy(2 * (K + kGridChunk));
+  for (int i = 0; i < gx; ++i)
+    for (int j = 0; j < gy; ++j) {
+      const int32_t nc = grid_block_chunks(t.view, i, j, 1, block.data(), block_xy.data());
+      t.codes.insert(t.codes.end(), block.begin(), block.begin() + nc * kGridChunk);
+      t.chunks.insert(t.chunks.end(), block_xy.begin(), block_xy.begin() + nc * 2 * kGridChunk);
+      t.start.push_back(t.start.back() + nc);
+    }
   t.view.start = t.start.data();
-  t.view.sides = t.sides.data();
   t.view.chunks = t.chunks.data();
   t.view.codes = t.codes.data();
   return true;

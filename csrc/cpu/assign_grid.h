@@ -24,24 +24,61 @@ constexpr float kGridMaxAbs = 1e18f;  // rows and codes within +-this: no square
 
 // One subspace's table, read-only for the query. Chunk c holds the codes' first coordinates at chunks[32 c ..],
 // their second coordinates (0 for d = 1) at chunks[32 c + 16 ..] and their indices at codes[16 c ..], in bucket
-// order (the query's keys break ties by index, not by position); padding repeats the cell's last code. Cell (ix, iy) is cell ix * gy + iy; its chunks are
-// start[cell] .. start[cell + 1] - 1; sides[4 cell ..] = {left, right, bottom, top}: the lines beyond which lie the
-// codes it does not list (+-inf where there are none).
+// order (the query's keys break ties by index, not by position); padding repeats the cell's last code. Cell
+// (ix, iy) is cell ix * gy + iy; its chunks, the codes of the block of cells within 1 of it (grid_block_chunks),
+// are start[cell] .. start[cell + 1] - 1.
 struct GridView {
   int cells = 0;                   // gx * gy
   int gx = 0, gy = 0;              // cells per axis (gy = 1 for d = 1)
   const float* bx = nullptr;       // (kGridMaxCells) the interior bounds of axis 0, ascending, then +inf
   const float* by = nullptr;       // (kGridMaxCells) the same for axis 1
   const int32_t* start = nullptr;  // (cells + 1) first chunk of each cell
-  const float* sides = nullptr;    // (cells, 4)
   const float* chunks = nullptr;   // (chunks, 2, kGridChunk)
   const int32_t* codes = nullptr;  // (chunks, kGridChunk)
-  // the codes bucketed by cell (for the second level): those of cell c are bucket_codes[bucket_start[c] ..
-  // bucket_start[c + 1] - 1], with coordinates bucket_xy (K, 2) in the same order (second coordinate 0 for d = 1)
+  // the codes bucketed by cell: those of cell c are bucket_codes[bucket_start[c] .. bucket_start[c + 1] - 1], with
+  // coordinates bucket_xy (K, 2) in the same order (second coordinate 0 for d = 1)
   const int32_t* bucket_start = nullptr;
   const int32_t* bucket_codes = nullptr;
   const float* bucket_xy = nullptr;
 };
+
+// The block of cells within r of cell (i, j), clipped to the grid, used by the builder (r = 1) and the query (its
+// certificates at r = 1 and the second level at r = 2). Plain code included before the ISA copies' target pragmas.
+//
+// Its sides {left, right, bottom, top}: the lines beyond which lie the codes outside the block (cells i - r - 1
+// and lower end at bound bx[i - r - 1], ...), +-inf where there are no such cells.
+static inline void grid_block_sides(const GridView& g, int i, int j, int r, float* side) {
+  const float inf = __builtin_inff();
+  side[0] = i - r - 1 >= 0 ? g.bx[i - r - 1] : -inf;
+  side[1] = i + r + 1 <= g.gx - 1 ? g.bx[i + r] : inf;
+  side[2] = j - r - 1 >= 0 ? g.by[j - r - 1] : -inf;
+  side[3] = j + r + 1 <= g.gy - 1 ? g.by[j + r] : inf;
+}
+
+// Its codes, gathered from the buckets in the chunk layout: codes (chunks * kGridChunk) and xy (chunks, 2,
+// kGridChunk), padded with copies of the last code to whole chunks; both must hold the block's codes rounded up to
+// kGridChunk (at most K + kGridChunk - 1). Returns the number of chunks (0: a block without codes).
+static inline int32_t grid_block_chunks(const GridView& g, int i, int j, int r, int32_t* codes, float* xy) {
+  const int32_t* bucket_codes = g.bucket_codes;
+  const float* bucket_xy = g.bucket_xy;
+  int32_t n = 0, lane = 0;  // n codes so far; lane: n % kGridChunk, in the chunk at xy
+  const int j0 = j - r < 0 ? 0 : j - r, j1 = j + r < g.gy ? j + r : g.gy - 1;
+  for (int ci = i - r < 0 ? 0 : i - r; ci <= (i + r < g.gx ? i + r : g.gx - 1); ++ci) {
+    const int32_t b0 = g.bucket_start[ci * g.gy + j0], b1 = g.bucket_start[ci * g.gy + j1 + 1];
+    for (int32_t b = b0; b < b1; ++b) {
+      codes[n++] = bucket_codes[b];
+      xy[lane] = bucket_xy[2 * b];
+      xy[kGridChunk + lane] = bucket_xy[2 * b + 1];
+      if (++lane == kGridChunk) lane = 0, xy += 2 * kGridChunk;
+    }
+  }
+  if (lane > 0) {  // pad the last chunk with copies of the last code
+    const int32_t last = codes[n - 1];
+    const float lx = xy[lane - 1], ly = xy[kGridChunk + lane - 1];
+    for (; lane < kGridChunk; ++lane, ++n) codes[n] = last, xy[lane] = lx, xy[kGridChunk + lane] = ly;
+  }
+  return n / kGridChunk;
+}
 
 // assign_tile_grid: xs (rows, d) fp32 rows of one subspace (d = 1 or 2); out (rows,) their nearest codes, or -1;
 // scratch: kGridScratch(rows, K) int32 and kGridScratchXY(K) floats of working memory.

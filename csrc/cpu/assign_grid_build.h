@@ -11,7 +11,6 @@ namespace pqgan::cpu {
 struct GridTable {
   float bx[kGridMaxCells], by[kGridMaxCells];
   std::vector<int32_t> start;  // (cells + 1)
-  std::vector<float> sides;    // (cells, 4)
   std::vector<float> chunks;   // (chunks, 2, kGridChunk)
   std::vector<int32_t> codes;  // (chunks, kGridChunk)
   std::vector<int32_t> bucket_start, bucket_codes;  // (cells + 1), (K)
@@ -22,7 +21,7 @@ struct GridTable {
 // One table per subspace, built in parallel over subspaces. cb (S, K, d) fp32 contiguous, d = 1 or 2; a subspace
 // with a code that is not finite or beyond +-kGridMaxAbs gets none. Extra memory per subspace: about 9 K listed
 // codes (each listed by the 9 cells around its own, chunks padded to 16) at 12 bytes, the buckets (12 bytes per
-// code) and 20 bytes per cell: ~72 KiB at K = 512 (4.6 MiB at F8's S = 64).
+// code) and 4 bytes per cell: ~72 KiB at K = 512 (4.6 MiB at F8's S = 64).
 class GridTables {
  public:
   GridTables(const float* cb, int64_t S, int64_t K, int64_t d);

@@ -82,10 +82,10 @@ static inline int64_t best_key(const Vec<float>::V& X, const Vec<float>::V& Y, c
 }
 
 // The key's code when its score is below the certificate for a row at (px, py) inside the box of sides
-// {left, right, bottom, top} (assign_grid.cpp: fl(m^2 (1 - 2^-20) - 2^-100), m the distance to the nearest side),
-// else -1.
-static inline int64_t certified(int64_t key, float px, float py, float left, float right, float bottom, float top) {
-  const float dl = px - left, dr = right - px, db = py - bottom, dt = top - py;  // >= 0, not NaN
+// side = {left, right, bottom, top} (assign_grid.cpp: fl(m^2 (1 - 2^-20) - 2^-100), m the distance to the nearest
+// side), else -1.
+static inline int64_t certified(int64_t key, float px, float py, const float* side) {
+  const float dl = px - side[0], dr = side[1] - px, db = py - side[2], dt = side[3] - py;  // >= 0, not NaN
   const float mx = dl < dr ? dl : dr, my = db < dt ? db : dt, m = mx < my ? mx : my;
   const float certificate = __builtin_fmaf(m * m, 1.f - 0x1p-20f, -0x1p-100f);
   int32_t bits;
@@ -122,50 +122,31 @@ static void grid_rows(const float* xs, int64_t rows, const GridView& g, int32_t*
   for (int64_t r = 0; r < rows; ++r) order[first[cell_of[r]]++] = static_cast<int32_t>(r);
   // now bucket c is order[(c == 0 ? 0 : first[c - 1]) .. first[c] - 1]; bucket `cells`: rows without a cell
   for (int32_t p = first[cells - 1]; p < first[cells]; ++p) out[order[p]] = -1;
-  const float inf = __builtin_inff();
   for (int cell = 0; cell < cells; ++cell) {
     const int32_t p0 = cell == 0 ? 0 : first[cell - 1], p1 = first[cell];
     if (p0 == p1) continue;
     const int32_t c0 = g.start[cell], nc = g.start[cell + 1] - c0;
     const float* xy = g.chunks + static_cast<int64_t>(c0) * 2 * kGridChunk;
     const int32_t* codes = g.codes + static_cast<int64_t>(c0) * kGridChunk;
-    const float* side = g.sides + 4 * cell;
+    const int i = cell / g.gy, j = cell % g.gy;
+    float side[4];
+    grid_block_sides(g, i, j, 1, side);
     int32_t nretry = 0;
     for (int32_t p = p0; p < p1; ++p) {
       const int64_t r = order[p];
       const float px = xs[r * kd], py = kd == 2 ? xs[r * kd + 1] : 0.f;
-      const int64_t k = certified(best_key(splat<float>(px), splat<float>(py), xy, codes, nc), px, py, side[0],
-                                  side[1], side[2], side[3]);
+      const int64_t k = certified(best_key(splat<float>(px), splat<float>(py), xy, codes, nc), px, py, side);
       out[r] = k;
       if (k < 0) retry[nretry++] = static_cast<int32_t>(r);
     }
     if (nretry == 0) continue;
-    // the 5 x 5 block: its codes in chunk layout, padded with copies of the last, and its sides
-    const int i = cell / g.gy, j = cell % g.gy;
-    int32_t n = 0;
-    for (int ci = i < 2 ? 0 : i - 2; ci <= (i + 2 < g.gx ? i + 2 : g.gx - 1); ++ci) {
-      const int32_t b0 = g.bucket_start[ci * g.gy + (j < 2 ? 0 : j - 2)];
-      const int32_t b1 = g.bucket_start[ci * g.gy + (j + 2 < g.gy ? j + 2 : g.gy - 1) + 1];
-      for (int32_t b = b0; b < b1; ++b, ++n) {
-        const int32_t c = n / kGridChunk, l = n % kGridChunk;
-        wide[n] = g.bucket_codes[b];
-        scratch_xy[c * 2 * kGridChunk + l] = g.bucket_xy[2 * b];
-        scratch_xy[c * 2 * kGridChunk + kGridChunk + l] = g.bucket_xy[2 * b + 1];
-      }
-    }
-    for (; n % kGridChunk != 0; ++n) {  // (n = 0, an empty block: no chunk, no certificate, -1)
-      const int32_t c = n / kGridChunk, l = n % kGridChunk, pc = (n - 1) / kGridChunk, pl = (n - 1) % kGridChunk;
-      wide[n] = wide[n - 1];
-      scratch_xy[c * 2 * kGridChunk + l] = scratch_xy[pc * 2 * kGridChunk + pl];
-      scratch_xy[c * 2 * kGridChunk + kGridChunk + l] = scratch_xy[pc * 2 * kGridChunk + kGridChunk + pl];
-    }
-    const float left = i >= 3 ? g.bx[i - 3] : -inf, right = i + 3 <= g.gx - 1 ? g.bx[i + 2] : inf;
-    const float bottom = j >= 3 ? g.by[j - 3] : -inf, top = j + 3 <= g.gy - 1 ? g.by[j + 2] : inf;
+    // the 5 x 5 block (no chunk for an empty one: no certificate, -1)
+    const int32_t nwide = grid_block_chunks(g, i, j, 2, wide, scratch_xy);
+    grid_block_sides(g, i, j, 2, side);
     for (int32_t q = 0; q < nretry; ++q) {
       const int64_t r = retry[q];
       const float px = xs[r * kd], py = kd == 2 ? xs[r * kd + 1] : 0.f;
-      out[r] = certified(best_key(splat<float>(px), splat<float>(py), scratch_xy, wide, n / kGridChunk), px, py,
-                         left, right, bottom, top);
+      out[r] = certified(best_key(splat<float>(px), splat<float>(py), scratch_xy, wide, nwide), px, py, side);
     }
   }
 }

@@ -1,7 +1,7 @@
 // pq_ema_stats and pq_codebook_grad (CPU; schemas in ../ops.cpp): a scatter-add per code, each sum accumulated over
 // the rows in order (with few work units: per row part, the parts then added in a fixed order), so the sums are
-// deterministic and independent of the thread count (see scatter_cpu_impl). Parallelised with at::parallel_for (OpenMP in the usual torch build; it honours
-// torch.set_num_threads). d = sub-dimension, D = S*d.
+// deterministic and independent of the thread count (see scatter_cpu_impl). Parallelised with at::parallel_for
+// (OpenMP in the usual torch build; it honours torch.set_num_threads). d = sub-dimension, D = S*d.
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 #include <torch/library.h>
