@@ -1,30 +1,20 @@
-// pq_ema_stats and pq_codebook_grad, written once for every backend: checks, contiguous inputs, zeroed outputs in
-// the compute dtype of the values, then the backend's scatter (CPU cpu/scatter.cpp, CUDA cuda/scatter.cu) fills
-// them. d = sub-dimension, D = S*d.
+// pq_ema_stats and pq_codebook_grad, written once for every backend: checks, contiguous inputs, outputs in the
+// compute dtype of the values, then the backend's scatter (CPU cpu/scatter.cpp, CUDA cuda/scatter.cu) fills them.
+// d = sub-dimension, D = S*d.
 #pragma once
 #include <ATen/ATen.h>
 
-#include <cstring>
 #include <tuple>
 
 #include "checks.h"
 
 namespace pqgan {
 
-// A backend's scatter: for contiguous values (N, D) and indices (N, S), k = indices[n, s]:
-// sums[s, k, :] += values[n, s*d:(s+1)*d] into zeroed sums (S, K, d); counts[s, k] += 1 when counts != nullptr.
+// A backend's scatter: for contiguous values (N, D) and indices (N, S), k = indices[n, s], the uninitialised
+// sums (S, K, d) become sums[s, k, :] = the sum of values[n, s*d:(s+1)*d] over the rows n with code k, and
+// counts (S, K) (when counts != nullptr) the number of those rows. The scatter writes every element (it zeroes
+// what it accumulates into; the CPU's slot tables write their results whole, with no zeroing pass).
 using Scatter = void (*)(const at::Tensor& values, const at::Tensor& indices, at::Tensor& sums, at::Tensor* counts);
-
-// A zeroed tensor; a small one on the CPU by one memset in this thread (at::zeros' parallel fill wakes the thread
-// pool, which costs more than zeroing a few hundred KiB; large ones keep the parallel fill).
-inline at::Tensor zeroed(at::IntArrayRef shape, const at::TensorOptions& opts) {
-  at::Tensor t = at::empty(shape, opts);
-  if (opts.device().type() == c10::DeviceType::CPU && t.nbytes() <= (size_t(1) << 20))
-    std::memset(t.data_ptr(), 0, t.nbytes());
-  else
-    t.zero_();
-  return t;
-}
 
 // Returns (counts (S, K) or an undefined tensor, sums (S, K, d)), both fp32 (fp64 for fp64 values).
 inline std::tuple<at::Tensor, at::Tensor> scatter_outputs(const at::Tensor& values_in, const at::Tensor& indices_in,
@@ -32,8 +22,8 @@ inline std::tuple<at::Tensor, at::Tensor> scatter_outputs(const at::Tensor& valu
   const at::Tensor values = values_in.contiguous(), indices = indices_in.contiguous();
   const int64_t S = indices.size(1), d = values.size(1) / S;
   const auto opts = values.options().dtype(compute_dtype(values));
-  at::Tensor counts = with_counts ? zeroed({S, num_codes}, opts) : at::Tensor();
-  at::Tensor sums = zeroed({S, num_codes, d}, opts);
+  at::Tensor counts = with_counts ? at::empty({S, num_codes}, opts) : at::Tensor();
+  at::Tensor sums = at::empty({S, num_codes, d}, opts);
   scatter(values, indices, sums, with_counts ? &counts : nullptr);
   return {counts, sums};
 }

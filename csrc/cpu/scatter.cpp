@@ -9,6 +9,7 @@
 #include <algorithm>
 #include <atomic>
 #include <cstdint>
+#include <cstring>
 #include <type_traits>
 #include <vector>
 
@@ -17,10 +18,7 @@
 namespace pqgan::cpu {
 namespace {
 
-constexpr int64_t kStatChunk = 16;      // coordinates per scatter work unit
-constexpr int64_t kMinUnits = 16;       // with this many work units, one row part: no partial sums at all
-constexpr int64_t kStatParts = 8;       // else at most this many row parts (partial sums) ...
-constexpr int64_t kStatPartRows = 1024; // ... of at least this many rows
+constexpr int64_t kStatChunk = 16;  // coordinates per scatter work unit
 
 // Rows [n0, n1) of the work units [u0, u1) (unit u = (subspace u / nchunks, coordinate chunk u % nchunks)) added
 // into sums_p (S, K, d) and, when COUNTS, counts_p (S, K). kd: d at compile time when a sub-vector is one chunk
@@ -76,20 +74,18 @@ bool scatter_rows(const scalar_t* vp, const index_t* ip, int64_t n0, int64_t n1,
   return true;
 }
 
-// The statistics (sums and counts) for d <= 3, fp32: one 16-byte slot per (subspace, code) in a thread-local table
-// -- lanes 0 .. kd - 1 the sums, lane 3 the count -- so a (row, subspace) is one 16-byte read-modify-write instead of
-// two (sums, counts); the table is added into sums_p / counts_p at the end. Per (subspace, code) the rows are added
-// in order from 0, so the results are the bits of scatter_rows. Measured at F8 (2 threads): 0.46 vs 0.57 ms.
-constexpr int64_t kSlotsMaxBytes = 1 << 20;  // a larger thread-local table: scatter_rows instead
+// The statistics (sums and counts) for d <= 3, fp32, as one 16-byte slot per (subspace, code) -- lanes 0 .. kd - 1
+// the sums, lane 3 the count -- so a (row, subspace) is one 16-byte read-modify-write instead of two (sums, counts).
+// Rows [n0, n1), subspaces [u0, u1) into table (S * K slots, slot s * K + k), whose slots [u0 * K, u1 * K) are
+// zeroed first. Per (subspace, code) the rows are added in order from n0, so a slot holds the bits of scatter_rows'
+// sums. Measured at F8 (2 threads): 0.46 vs 0.57 ms for separate sums and counts.
+typedef float Slot __attribute__((vector_size(16)));
 template <int kd, typename index_t>
 bool scatter_rows_slots(const float* vp, const index_t* ip, int64_t n0, int64_t n1, int64_t S, int64_t K, int64_t u0,
-                        int64_t u1, float* sums_p, float* counts_p) {
+                        int64_t u1, Slot* table) {
   static_assert(kd >= 1 && kd <= 3, "the sums and the count fit one 4-float slot");
-  typedef float F4 __attribute__((vector_size(16)));
   typedef float F2 __attribute__((vector_size(8)));
-  // kept per thread between calls (<= kSlotsMaxBytes): a fresh table each call costs its page faults
-  thread_local std::vector<F4> slot;
-  slot.assign((u1 - u0) * K, F4{0.f, 0.f, 0.f, 0.f});
+  std::fill(table + u0 * K, table + u1 * K, Slot{0.f, 0.f, 0.f, 0.f});
   for (int64_t n = n0; n < n1; ++n) {
     const index_t* irow = ip + n * S;
     const float* xrow = vp + n * kd * S;
@@ -97,24 +93,31 @@ bool scatter_rows_slots(const float* vp, const index_t* ip, int64_t n0, int64_t 
       const int64_t k = static_cast<int64_t>(irow[s]);
       if (static_cast<uint64_t>(k) >= static_cast<uint64_t>(K)) return false;
       const float* x = xrow + kd * s;
-      F4 add;
+      Slot add;
       if constexpr (kd == 2) {  // one 8-byte load (a partial memcpy into a 16-byte vector stalls store forwarding)
         F2 v;
         __builtin_memcpy(&v, x, sizeof(v));
         add = __builtin_shufflevector(v, F2{0.f, 1.f}, 0, 1, 2, 3);
       } else {
-        add = F4{x[0], kd > 1 ? x[1] : 0.f, kd > 2 ? x[2] : 0.f, 1.f};
+        add = Slot{x[0], kd > 1 ? x[1] : 0.f, kd > 2 ? x[2] : 0.f, 1.f};
       }
-      slot[(s - u0) * K + k] += add;
+      table[s * K + k] += add;
     }
   }
-  for (int64_t s = u0; s < u1; ++s)
-    for (int64_t k = 0; k < K; ++k) {
-      const F4 t = slot[(s - u0) * K + k];
-      for (int j = 0; j < kd; ++j) sums_p[(s * K + k) * kd + j] += t[j];
-      counts_p[s * K + k] += t[3];
-    }
   return true;
+}
+
+// Slots [i0, i1) of the parts' tables (parts tables of `slots` slots each) added in part order and written out as
+// sums (slots, kd) and counts (slots).
+template <int kd>
+void write_slots(const Slot* tables, int64_t parts, int64_t slots, int64_t i0, int64_t i1, float* sums,
+                 float* counts) {
+  for (int64_t i = i0; i < i1; ++i) {
+    Slot acc = tables[i];
+    for (int64_t p = 1; p < parts; ++p) acc += tables[p * slots + i];
+    for (int j = 0; j < kd; ++j) sums[i * kd + j] = acc[j];
+    counts[i] = acc[3];
+  }
 }
 
 template <bool COUNTS, typename scalar_t, typename T, typename index_t>
@@ -133,7 +136,57 @@ bool scatter_rows_any_d(const scalar_t* vp, const index_t* ip, int64_t n0, int64
 #undef PQ_SCATTER_ROWS
 }
 
-// sums[s, k, :] += values[n, s*d:(s+1)*d] for k = indices[n, s]; counts[s, k] += 1 (when counts is defined).
+// A busy-wait step: waiting on other threads' tasks of a few microseconds (sleeping would cost a wake-up, ~50 us).
+inline void spin_pause() {
+#if defined(__x86_64__) || defined(__i386__)
+  __builtin_ia32_pause();
+#elif defined(__aarch64__)
+  asm volatile("yield");
+#endif
+}
+
+// A zeroed buffer of n elements at p: one memset in this thread up to 1 MiB (a parallel fill would wake the thread
+// pool, which costs more than zeroing a few hundred KiB), else at::parallel_for.
+template <typename T>
+void zero_fill(T* p, int64_t n) {
+  if (n * static_cast<int64_t>(sizeof(T)) <= (int64_t(1) << 20)) {
+    std::memset(p, 0, n * sizeof(T));
+    return;
+  }
+  at::parallel_for(0, n, int64_t(1) << 16, [&](int64_t b, int64_t e) { std::memset(p + b, 0, (e - b) * sizeof(T)); });
+}
+
+// Scratch memory for n elements: a buffer kept by the calling thread between calls when n is at most kScratchBytes
+// (a fresh one each call costs its page faults: ~0.1 ms per MiB here), else a fresh tensor held by `fresh`.
+constexpr int64_t kScratchBytes = int64_t(8) << 20;
+template <typename T>
+T* scratch(int64_t n, at::Tensor& fresh, const at::TensorOptions& opts) {
+  thread_local std::vector<unsigned char> kept;
+  const int64_t bytes = n * static_cast<int64_t>(sizeof(T));
+  if (bytes > kScratchBytes) {
+    fresh = at::empty({bytes}, opts.dtype(at::kByte));
+    return reinterpret_cast<T*>(fresh.data_ptr());
+  }
+  if (static_cast<int64_t>(kept.size()) < bytes + 64) kept.resize(bytes + 64);
+  return reinterpret_cast<T*>((reinterpret_cast<uintptr_t>(kept.data()) + 63) & ~uintptr_t(63));
+}
+
+// The number of row parts (each accumulated into its own output, the parts then added in order): a function of the
+// shapes only, never of the thread count, so the sums are the same bits with any number of threads. A part reads
+// its rows whole and in order (contiguous memory; splitting each row between threads instead costs ~40 % of the read
+// rate); it must be long enough that its output -- written or zeroed, then read by the merge -- stays small next to
+// its rows: >= kStatPartRows rows and >= kPartInputRatio times its output's elements.
+constexpr int64_t kStatParts = 8;
+constexpr int64_t kStatPartRows = 1024;
+constexpr int64_t kPartInputRatio = 8;
+int64_t row_parts(int64_t N, int64_t D, int64_t out_elems) {
+  return std::max<int64_t>(
+      1, std::min<int64_t>({kStatParts, N / kStatPartRows, N * D / (kPartInputRatio * std::max<int64_t>(1, out_elems))}));
+}
+
+// sums[s, k, :] = sum of values[n, s*d:(s+1)*d] over the rows n with indices[n, s] = k, in order of n within a row
+// part, the parts added in order; counts[s, k] = the number of such rows (when counts is defined). sums and counts
+// come uninitialised: every element is written here.
 template <typename scalar_t, typename T, typename index_t>
 void scatter_cpu_impl(const at::Tensor& values, const at::Tensor& indices, at::Tensor& sums, at::Tensor* counts) {
   const int64_t N = indices.size(0), S = indices.size(1), K = sums.size(1), d = sums.size(2), D = S * d;
@@ -141,60 +194,84 @@ void scatter_cpu_impl(const at::Tensor& values, const at::Tensor& indices, at::T
   const index_t* ip = indices.data_ptr<index_t>();
   T* sp = sums.data_ptr<T>();
   T* cp = counts ? counts->data_ptr<T>() : nullptr;
-  // Tasks are (row part p, range of work units), a unit being (s, coordinate chunk) in memory order. A task walks
-  // its rows in order and reads one contiguous piece of each row; row part p accumulates into its own partial
-  // buffer, and the parts are added in order at the end. The number of parts depends only on the shapes, and the
-  // thread count (which sets the unit ranges) never changes a sum: the result is deterministic.
+  // Tasks are (row part p, range of work units), a unit being (s, coordinate chunk) in memory order: a task walks
+  // its rows in order and reads one contiguous piece of each row into part p's output (part 0: sums / counts; the
+  // others: partial buffers). Threads beyond the parts split the units, which never changes a sum.
   const int64_t nchunks = (d + kStatChunk - 1) / kStatChunk;
   const int64_t units = S * nchunks;
   const int64_t threads = std::max<int64_t>(1, at::get_num_threads());
-  // Enough units (e.g. PQ's 64 subspaces): tasks split the units and need no partial sums. Few (plain VQ with a
-  // small d): row parts, each with its partial buffer -- zeroing plus one reduction pass over (parts - 1) outputs,
-  // only worth it while they are no larger than the input.
-  const int64_t out_elems = S * K * d;
-  const int64_t parts =
-      units >= kMinUnits ? 1
-                         : std::max<int64_t>(1, std::min<int64_t>({kStatParts, (N + kStatPartRows - 1) / kStatPartRows,
-                                                                   1 + (N * D) / std::max<int64_t>(1, out_elems)}));
-  // one contiguous range of units per thread and row part: every pass over the rows reads each row once
-  const int64_t groups = std::min<int64_t>(units, (threads + parts - 1) / parts);
   const int64_t per_part = S * K * d;
+  const int64_t parts = row_parts(N, D, per_part);
+  const int64_t groups = std::min<int64_t>(units, (threads + parts - 1) / parts);
+  const int64_t tasks = parts * groups;
   const int64_t stride = per_part + (cp ? S * K : 0);
-  const at::Tensor partial = at::zeros({parts > 1 ? (parts - 1) * stride : 0}, sums.options());
-  T* partial_p = partial.data_ptr<T>();
+  // fp32 statistics with d <= 3: slot tables (scatter_rows_slots), one per part, when a task's table fits the L2
+  // (1 MiB) and all of them the scratch memory; the merge then writes every output element. Else the plain scatter
+  // adds into zeroed outputs (part 0) and zeroed partial buffers (the others), which the merge adds in order.
+  bool slots = false;
+  if constexpr (std::is_same<scalar_t, float>::value && std::is_same<T, float>::value)
+    slots = cp != nullptr && d <= 3 && (units + groups - 1) / groups * K * 16 <= (int64_t(1) << 20) &&
+            parts * S * K * 16 <= kScratchBytes;
+  at::Tensor fresh;
+  Slot* tables = slots ? scratch<Slot>(parts * S * K, fresh, sums.options()) : nullptr;
+  T* partial_p = slots ? nullptr : scratch<T>((parts - 1) * stride, fresh, sums.options());
+  if (!slots) {
+    zero_fill(sp, per_part);
+    if (cp) zero_fill(cp, S * K);
+    zero_fill(partial_p, (parts - 1) * stride);
+  }
+  // One parallel region: the threads take scatter tasks from a shared counter, then (slot tables or several parts)
+  // wait until every task is done and take chunks of the merge. Only tasks already taken, hence running, are
+  // waited for, so this cannot deadlock whatever number of threads (one included) runs the region.
+  constexpr int64_t kMergeChunk = 1 << 12;
+  const int64_t merge_len = slots ? S * K : parts > 1 ? stride : 0;
+  const int64_t merges = (merge_len + kMergeChunk - 1) / kMergeChunk;
+  std::atomic<int64_t> next_task{0}, done{0}, next_merge{0};
   std::atomic<bool> bad{false};
-  at::parallel_for(0, parts * groups, 1, [&](int64_t begin, int64_t end) {
-    for (int64_t t = begin; t < end && !bad; ++t) {
+  auto scatter_task = [&](int64_t p, int64_t n0, int64_t n1, int64_t u0, int64_t u1) -> bool {
+    if constexpr (std::is_same<scalar_t, float>::value && std::is_same<T, float>::value) {
+      if (slots) {
+        Slot* table = tables + p * S * K;
+        return d == 1   ? scatter_rows_slots<1>(vp, ip, n0, n1, S, K, u0, u1, table)
+               : d == 2 ? scatter_rows_slots<2>(vp, ip, n0, n1, S, K, u0, u1, table)
+                        : scatter_rows_slots<3>(vp, ip, n0, n1, S, K, u0, u1, table);
+      }
+    }
+    T* sums_p = p == 0 ? sp : partial_p + (p - 1) * stride;
+    T* counts_p = cp == nullptr ? nullptr : (p == 0 ? cp : sums_p + per_part);
+    return cp != nullptr ? scatter_rows_any_d<true>(vp, ip, n0, n1, S, K, d, u0, u1, sums_p, counts_p)
+                         : scatter_rows_any_d<false>(vp, ip, n0, n1, S, K, d, u0, u1, sums_p, counts_p);
+  };
+  auto merge = [&](int64_t i0, int64_t i1) {
+    if constexpr (std::is_same<T, float>::value) {
+      if (slots) {
+        if (d == 1) write_slots<1>(tables, parts, S * K, i0, i1, sp, cp);
+        else if (d == 2) write_slots<2>(tables, parts, S * K, i0, i1, sp, cp);
+        else write_slots<3>(tables, parts, S * K, i0, i1, sp, cp);
+        return;
+      }
+    }
+    for (int64_t i = i0; i < i1; ++i) {
+      T* out = i < per_part ? sp + i : cp + (i - per_part);
+      T acc = *out;
+      for (int64_t p = 1; p < parts; ++p) acc += partial_p[(p - 1) * stride + i];
+      *out = acc;
+    }
+  };
+  at::parallel_for(0, std::min(threads, tasks), 1, [&](int64_t, int64_t) {
+    for (int64_t t; (t = next_task.fetch_add(1)) < tasks;) {
       const int64_t p = t / groups, g = t % groups;
       const int64_t u0 = units * g / groups, u1 = units * (g + 1) / groups;
-      const int64_t n0 = N * p / parts, n1 = N * (p + 1) / parts;
-      T* sums_p = p == 0 ? sp : partial_p + (p - 1) * stride;
-      T* counts_p = cp == nullptr ? nullptr : (p == 0 ? cp : sums_p + per_part);
-      bool ok;
-      if constexpr (std::is_same<scalar_t, float>::value && std::is_same<T, float>::value) {
-        if (cp != nullptr && d <= 3 && (u1 - u0) * K * 16 <= kSlotsMaxBytes) {
-          ok = d == 1   ? scatter_rows_slots<1>(vp, ip, n0, n1, S, K, u0, u1, sums_p, counts_p)
-               : d == 2 ? scatter_rows_slots<2>(vp, ip, n0, n1, S, K, u0, u1, sums_p, counts_p)
-                        : scatter_rows_slots<3>(vp, ip, n0, n1, S, K, u0, u1, sums_p, counts_p);
-          if (!ok) bad = true;
-          continue;
-        }
-      }
-      ok = cp != nullptr ? scatter_rows_any_d<true>(vp, ip, n0, n1, S, K, d, u0, u1, sums_p, counts_p)
-                         : scatter_rows_any_d<false>(vp, ip, n0, n1, S, K, d, u0, u1, sums_p, counts_p);
-      if (!ok) bad = true;
+      if (!bad.load(std::memory_order_relaxed) && !scatter_task(p, N * p / parts, N * (p + 1) / parts, u0, u1))
+        bad = true;
+      done.fetch_add(1, std::memory_order_release);
     }
+    if (merges == 0) return;
+    while (done.load(std::memory_order_acquire) < tasks) spin_pause();
+    if (bad.load(std::memory_order_relaxed)) return;
+    for (int64_t m; (m = next_merge.fetch_add(1)) < merges;)
+      merge(m * kMergeChunk, std::min(merge_len, (m + 1) * kMergeChunk));
   });
-  if (parts > 1 && !bad) {
-    at::parallel_for(0, stride, 4096, [&](int64_t begin, int64_t end) {
-      for (int64_t i = begin; i < end; ++i) {
-        T* out = i < per_part ? sp + i : cp + (i - per_part);
-        T acc = *out;
-        for (int64_t p = 1; p < parts; ++p) acc += partial_p[(p - 1) * stride + i];
-        *out = acc;
-      }
-    });
-  }
   TORCH_CHECK_VALUE(!bad, "indices has values outside [0, ", K, ")");
 }
 

@@ -18,7 +18,8 @@
 namespace pqgan::cuda {
 namespace {
 
-// sums[s, k, j] += values[n, s*d + j], counts[s, k] += 1 (when counts != nullptr), k = indices[n, s].
+// sums[s, k, j] += values[n, s*d + j], counts[s, k] += 1 (when counts != nullptr), k = indices[n, s], into the
+// outputs zeroed by scatter_cuda.
 template <typename scalar_t, typename T, typename index_t>
 __global__ void scatter_kernel(const scalar_t* __restrict__ values, const index_t* __restrict__ indices, int64_t N,
                                int S, int K, int d, T* __restrict__ sums, T* __restrict__ counts) {
@@ -36,8 +37,10 @@ void scatter_cuda(const at::Tensor& values, const at::Tensor& indices, at::Tenso
   const int S = static_cast<int>(indices.size(1)), K = static_cast<int>(sums.size(1)),
             d = static_cast<int>(sums.size(2));
   const int64_t total = N * S * d;
-  if (total == 0) return;
   const c10::cuda::CUDAGuard guard(values.device());
+  sums.zero_();
+  if (counts != nullptr) counts->zero_();
+  if (total == 0) return;
   cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, values.scalar_type(), "pq_scatter_cuda", [&] {
     using T = typename std::conditional<std::is_same<scalar_t, double>::value, double, float>::type;
