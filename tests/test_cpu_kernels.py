@@ -118,16 +118,23 @@ def test_ema_stats_and_codebook_grad(dtype, index_dtype, N, S, d, K):
     assert torch.equal(counts1, counts) and torch.equal(sums1, sums)
 
 
-@pytest.mark.parametrize("N,S,d,K", [(3000, 64, 2, 512), (700, 20, 1, 300), (900, 17, 3, 100), (500, 16, 2, 40000)])
+@pytest.mark.parametrize("N,S,d,K", [(3000, 64, 2, 512), (9000, 64, 2, 512), (9000, 16, 2, 64), (700, 20, 1, 300),
+                                     (900, 17, 3, 100),
+                                     (500, 16, 2, 40000)])
 def test_ema_stats_paths_agree_bitwise(N, S, d, K):
-    """fp32 d <= 3 statistics take the 16-byte (sums, count) slot path when the per-thread table is small enough
-    (not at K = 40000), the codebook gradient the plain scatter: per (subspace, code) both add the rows in order, so
-    the sums must be equal bit for bit, and the counts equal a histogram."""
+    """fp32 sums with d <= 3 take the 16-byte (sums, count) slot tables when they are small enough (not at K = 40000);
+    bf16 values take the plain scatter (fp32 sums of the same fp32 values). Per (subspace, code) both add the rows of
+    a row part in order and the parts in order (N = 9000: 2 and 8 parts), so the sums must be equal bit for bit,
+    with any number of threads, and the counts equal a histogram."""
     g = torch.Generator().manual_seed(N + d)
-    x = torch.randn(N, S * d, generator=g)
+    x = torch.randn(N, S * d, generator=g).bfloat16()
     idx = torch.randint(0, K, (N, S), generator=g)
-    counts, sums = pqgan_kernels.pq_ema_stats(x, idx, K, backend="cpu")
+    counts, sums = pqgan_kernels.pq_ema_stats(x.float(), idx, K, backend="cpu")
+    assert torch.equal(sums, pqgan_kernels.pq_ema_stats(x, idx, K, backend="cpu")[1])
+    assert torch.equal(sums, pqgan_kernels.pq_codebook_grad(x.float(), idx, K, backend="cpu"))
     assert torch.equal(sums, pqgan_kernels.pq_codebook_grad(x, idx, K, backend="cpu"))
+    with torch_threads(1):
+        assert torch.equal(sums, ops.pq_codebook_grad(x.float(), idx, K))
     expected = torch.zeros(S * K).index_add_(0, (idx + torch.arange(S) * K).reshape(-1), torch.ones(N * S))
     assert torch.equal(counts.reshape(-1), expected)
 
