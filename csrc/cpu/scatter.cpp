@@ -228,7 +228,10 @@ void scatter_cpu_impl(const at::Tensor& values, const at::Tensor& indices, at::T
   at::Tensor fresh;
   Slot* tables = slots ? scratch<Slot>(parts * S * K, fresh, sums.options()) : nullptr;
   T* partial_p = slots ? nullptr : scratch<T>((parts - 1) * stride, fresh, sums.options());
-  if (!slots) {
+  // The plain scatter's buffers: zeroed by the task that fills them when one task covers a whole part (then in its
+  // own cache, and in parallel), else here.
+  const bool zero_in_task = !slots && groups == 1;
+  if (!slots && !zero_in_task) {
     zero_fill(sp, per_part);
     if (cp) zero_fill(cp, S * K);
     zero_fill(partial_p, (parts - 1) * stride);
@@ -252,6 +255,10 @@ void scatter_cpu_impl(const at::Tensor& values, const at::Tensor& indices, at::T
     }
     T* sums_p = p == 0 ? sp : partial_p + (p - 1) * stride;
     T* counts_p = cp == nullptr ? nullptr : (p == 0 ? cp : sums_p + per_part);
+    if (zero_in_task) {
+      std::memset(sums_p, 0, per_part * sizeof(T));
+      if (counts_p) std::memset(counts_p, 0, S * K * sizeof(T));
+    }
     return cp != nullptr ? scatter_rows_any_d<true>(vp, ip, n0, n1, S, K, d, u0, u1, sums_p, counts_p)
                          : scatter_rows_any_d<false>(vp, ip, n0, n1, S, K, d, u0, u1, sums_p, counts_p);
   };
@@ -264,11 +271,12 @@ void scatter_cpu_impl(const at::Tensor& values, const at::Tensor& indices, at::T
         return;
       }
     }
-    for (int64_t i = i0; i < i1; ++i) {
-      T* out = i < per_part ? sp + i : cp + (i - per_part);
-      T acc = *out;
-      for (int64_t p = 1; p < parts; ++p) acc += partial_p[(p - 1) * stride + i];
-      *out = acc;
+    // element i of part 0's sums and counts (one after the other), plus the partials in part order
+    for (int64_t p = 1; p < parts; ++p) {
+      const T* part = partial_p + (p - 1) * stride;
+      if (i0 < per_part) add_into(sp + i0, part + i0, std::min(i1, per_part) - i0);
+      if (i1 > per_part) add_into(cp + std::max<int64_t>(0, i0 - per_part), part + std::max(i0, per_part),
+                                  i1 - std::max(i0, per_part));
     }
   };
   at::parallel_for(0, std::min(threads, tasks), 1, [&](int64_t, int64_t) {
