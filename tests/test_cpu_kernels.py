@@ -139,6 +139,45 @@ def test_ema_stats_paths_agree_bitwise(N, S, d, K):
     assert torch.equal(counts.reshape(-1), expected)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float64])
+@pytest.mark.parametrize("N,S,d,K", [(300, 1, 64, 16384), (500, 2, 41, 8192)])
+def test_stats_rows_sorted_by_code_equal_the_plain_scatter(dtype, N, S, d, K):
+    """Outputs larger than the input (K >= N) and than 2 MiB are written code by code from the rows sorted by code;
+    the same rows followed by zero rows (then K < N: the plain scatter over one row part) must give the same sums,
+    bit for bit, and the counts plus the zero rows' (all given code 0). Codes < 16 only: ~20 rows per used code, so
+    the order of the additions shows."""
+    g = torch.Generator().manual_seed(N + d)
+    x = torch.randn(N, S * d, generator=g).to(dtype)
+    idx = torch.randint(0, 16, (N, S), generator=g, dtype=torch.int32)
+    counts, sums = ops.pq_ema_stats(x, idx, K)
+    pad = K + 1 - N
+    x_plain = torch.cat([x, torch.zeros(pad, S * d, dtype=dtype)])
+    idx_plain = torch.cat([idx, torch.zeros(pad, S, dtype=torch.int32)])
+    counts_plain, sums_plain = ops.pq_ema_stats(x_plain, idx_plain, K)
+    assert torch.equal(sums, sums_plain)
+    counts_plain[:, 0] -= pad
+    assert torch.equal(counts, counts_plain)
+    assert torch.equal(ops.pq_codebook_grad(x, idx, K), sums)
+    ref_counts, ref_sums = reference.pq_ema_stats(x, idx.long(), K)
+    assert torch.equal(counts, ref_counts)
+    torch.testing.assert_close(sums, ref_sums, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("N,S,d,K", [(9000, 64, 2, 512), (9000, 16, 16, 64), (300, 1, 64, 16384), (40, 3, 5, 7)])
+@pytest.mark.parametrize("row", [0, -1])
+def test_stats_bad_index_in_any_row_part_raises(N, S, d, K, row):
+    """An index outside [0, K) in the first or the last row (slot tables with 2 parts, the plain scatter with 8
+    parts, rows sorted by code, one small part) raises, naming the range."""
+    x = torch.randn(N, S * d)
+    idx = torch.randint(0, K, (N, S))
+    idx[row, S - 1] = K
+    with pytest.raises(ValueError, match=rf"outside \[0, {K}\)"):
+        ops.pq_ema_stats(x, idx, K)
+    idx[row, S - 1] = -1
+    with pytest.raises(ValueError, match=rf"outside \[0, {K}\)"):
+        ops.pq_codebook_grad(x, idx, K)
+
+
 def test_ema_update_through_the_op():
     x, cb = random_case(200, 4, 3, 16, seed=9)
     cs, es = torch.rand(4, 16) + 0.5, torch.randn(4, 16, 3)

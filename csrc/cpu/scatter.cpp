@@ -197,9 +197,67 @@ int64_t row_parts(int64_t N, int64_t D, int64_t out_elems) {
       1, std::min<int64_t>({kStatParts, N / kStatPartRows, N * D / (kPartInputRatio * std::max<int64_t>(1, out_elems))}));
 }
 
+// Runs task(t) for t in [0, tasks) and then, once all of them are done, chunk(c) for c in [0, chunks), in one
+// parallel region: the threads take tasks and then chunks from shared counters. Only tasks already taken, hence
+// running, are waited for (spinning: sleeping would cost a wake-up), so this cannot deadlock whatever number of
+// threads (one included) runs the region. task returns false at a bad index: the chunks are then skipped and
+// this returns false.
+template <typename Task, typename Chunk>
+bool run_two_phases(int64_t tasks, const Task& task, int64_t chunks, const Chunk& chunk) {
+  std::atomic<int64_t> next_task{0}, done{0}, next_chunk{0};
+  std::atomic<bool> bad{false};
+  const int64_t threads = std::max<int64_t>(1, at::get_num_threads());
+  at::parallel_for(0, std::min(threads, std::max(tasks, chunks)), 1, [&](int64_t, int64_t) {
+    for (int64_t t; (t = next_task.fetch_add(1)) < tasks;) {
+      if (!bad.load(std::memory_order_relaxed) && !task(t)) bad = true;
+      done.fetch_add(1, std::memory_order_release);
+    }
+    if (chunks == 0) return;
+    while (done.load(std::memory_order_acquire) < tasks) spin_pause();
+    if (bad.load(std::memory_order_relaxed)) return;
+    for (int64_t c; (c = next_chunk.fetch_add(1)) < chunks;) chunk(c);
+  });
+  return !bad;
+}
+
+// Outputs at least as large as the input (K >= N) and larger than the L2 (e.g. plain VQ with a large codebook and a
+// wide code: 16 MiB of sums at d = 256, K = 16384): the rows sorted by code
+// per subspace (sort_by_code, a stable counting sort), then every output row written once (write_sorted): its rows
+// added in order into zeros, or zeros -- the bits of the plain scatter over one row part, with no zeroing pass and
+// no read-modify-write of a table larger than the caches.
+//
+// Rows of subspace s by code: on return, the rows n with indices[n, s] = k are order[bounds[k] .. bounds[k + 1]),
+// in increasing n (bounds: K + 2 entries, order: N). Returns false at the first index outside [0, K).
+constexpr int64_t kSortedMinBytes = int64_t(2) << 20;  // smaller outputs stay in the L2: the plain scatter
+template <typename index_t>
+bool sort_by_code(const index_t* ip, int64_t N, int64_t S, int64_t K, int64_t s, int64_t* bounds, int64_t* order) {
+  std::fill(bounds, bounds + K + 2, 0);
+  for (int64_t n = 0; n < N; ++n) {
+    const int64_t k = static_cast<int64_t>(ip[n * S + s]);
+    if (static_cast<uint64_t>(k) >= static_cast<uint64_t>(K)) return false;
+    ++bounds[k + 2];
+  }
+  for (int64_t k = 2; k < K + 2; ++k) bounds[k] += bounds[k - 1];  // bounds[k + 1] = first row slot of code k
+  for (int64_t n = 0; n < N; ++n) order[bounds[static_cast<int64_t>(ip[n * S + s]) + 1]++] = n;
+  return true;  // bounds[k + 1] = one past the last row slot of code k
+}
+
+// Codes [k0, k1) of subspace s from its sorted rows: sums (K, d) and counts (K) of that subspace, zeroed by one
+// memset per chunk (most codes have no row when K >= N). (Non-temporal stores measured no faster.)
+template <typename scalar_t, typename T>
+void write_sorted(const scalar_t* vp, int64_t D, int64_t d, int64_t s, int64_t k0, int64_t k1, const int64_t* bounds,
+                  const int64_t* order, T* sums, T* counts) {
+  std::memset(sums + k0 * d, 0, (k1 - k0) * d * sizeof(T));
+  for (int64_t k = k0; k < k1; ++k) {
+    for (int64_t r = bounds[k]; r < bounds[k + 1]; ++r) add_into(sums + k * d, vp + order[r] * D + s * d, d);
+    if (counts != nullptr) counts[k] = T(bounds[k + 1] - bounds[k]);
+  }
+}
+
 // sums[s, k, :] = sum of values[n, s*d:(s+1)*d] over the rows n with indices[n, s] = k, in order of n within a row
 // part, the parts added in order; counts[s, k] = the number of such rows (when counts is defined). sums and counts
-// come uninitialised: every element is written here.
+// come uninitialised: every element is written here. Three ways, the same bits: slot tables (fp32, d <= 3), the
+// rows sorted by code (outputs at least as large as the input), the plain scatter (the rest).
 template <typename scalar_t, typename T, typename index_t>
 void scatter_cpu_impl(const at::Tensor& values, const at::Tensor& indices, at::Tensor& sums, at::Tensor* counts) {
   const int64_t N = indices.size(0), S = indices.size(1), K = sums.size(1), d = sums.size(2), D = S * d;
@@ -207,93 +265,93 @@ void scatter_cpu_impl(const at::Tensor& values, const at::Tensor& indices, at::T
   const index_t* ip = indices.data_ptr<index_t>();
   T* sp = sums.data_ptr<T>();
   T* cp = counts ? counts->data_ptr<T>() : nullptr;
-  // Tasks are (row part p, range of work units), a unit being (s, coordinate chunk) in memory order: a task walks
-  // its rows in order and reads one contiguous piece of each row into part p's output (part 0: sums / counts; the
-  // others: partial buffers). Threads beyond the parts split the units, which never changes a sum.
+  // Scatter tasks are (row part p, range of work units), a unit being (s, coordinate chunk) in memory order: a task
+  // walks its rows in order and reads one contiguous piece of each row into part p's output (part 0: sums /
+  // counts; the others: partial buffers). Threads beyond the parts split the units, which never changes a sum.
   const int64_t nchunks = (d + kStatChunk - 1) / kStatChunk;
   const int64_t units = S * nchunks;
   const int64_t threads = std::max<int64_t>(1, at::get_num_threads());
   const int64_t per_part = S * K * d;
   const int64_t parts = row_parts(N, D, per_part);
   const int64_t groups = std::min<int64_t>(units, (threads + parts - 1) / parts);
-  const int64_t tasks = parts * groups;
   const int64_t stride = per_part + (cp ? S * K : 0);
   // fp32 sums with d <= 3: slot tables (scatter_rows_slots), one per part, when a task's table fits the L2 (1 MiB)
-  // and all of them the scratch memory; the merge then writes every output element. Else the plain scatter
-  // adds into zeroed outputs (part 0) and zeroed partial buffers (the others), which the merge adds in order.
+  // and all of them the scratch memory; the merge then writes every output element.
   bool slots = false;
   if constexpr (std::is_same<scalar_t, float>::value && std::is_same<T, float>::value)
     slots = d <= 3 && (units + groups - 1) / groups * K * 16 <= (int64_t(1) << 20) &&
             parts * S * K * 16 <= kScratchBytes;
   at::Tensor fresh;
-  Slot* tables = slots ? scratch<Slot>(parts * S * K, fresh, sums.options()) : nullptr;
-  T* partial_p = slots ? nullptr : scratch<T>((parts - 1) * stride, fresh, sums.options());
-  // The plain scatter's buffers: zeroed by the task that fills them when one task covers a whole part (then in its
-  // own cache, and in parallel), else here.
-  const bool zero_in_task = !slots && groups == 1;
-  if (!slots && !zero_in_task) {
-    zero_fill(sp, per_part);
-    if (cp) zero_fill(cp, S * K);
-    zero_fill(partial_p, (parts - 1) * stride);
-  }
-  // One parallel region: the threads take scatter tasks from a shared counter, then (slot tables or several parts)
-  // wait until every task is done and take chunks of the merge. Only tasks already taken, hence running, are
-  // waited for, so this cannot deadlock whatever number of threads (one included) runs the region.
-  constexpr int64_t kMergeChunk = 1 << 12;
-  const int64_t merge_len = slots ? S * K : parts > 1 ? stride : 0;
-  const int64_t merges = (merge_len + kMergeChunk - 1) / kMergeChunk;
-  std::atomic<int64_t> next_task{0}, done{0}, next_merge{0};
-  std::atomic<bool> bad{false};
-  auto scatter_task = [&](int64_t p, int64_t n0, int64_t n1, int64_t u0, int64_t u1) -> bool {
+  bool ok;
+  if (!slots && parts == 1 && K >= N && per_part * static_cast<int64_t>(sizeof(T)) > kSortedMinBytes) {
+    int64_t* bounds = scratch<int64_t>(S * (K + 2 + N), fresh, sums.options());
+    int64_t* order = bounds + S * (K + 2);
+    const int64_t codes_per_chunk = std::max<int64_t>(1, 4096 / d), code_chunks = (K + codes_per_chunk - 1) / codes_per_chunk;
+    ok = run_two_phases(
+        S, [&](int64_t s) { return sort_by_code(ip, N, S, K, s, bounds + s * (K + 2), order + s * N); },
+        S * code_chunks, [&](int64_t c) {
+          const int64_t s = c / code_chunks, k0 = c % code_chunks * codes_per_chunk;
+          write_sorted(vp, D, d, s, k0, std::min(K, k0 + codes_per_chunk), bounds + s * (K + 2), order + s * N,
+                       sp + s * K * d, cp == nullptr ? nullptr : cp + s * K);
+        });
+  } else if (slots) {
     if constexpr (std::is_same<scalar_t, float>::value && std::is_same<T, float>::value) {
-      if (slots) {
-        Slot* table = tables + p * S * K;
-        return d == 1   ? scatter_rows_slots<1>(vp, ip, n0, n1, S, K, u0, u1, table)
-               : d == 2 ? scatter_rows_slots<2>(vp, ip, n0, n1, S, K, u0, u1, table)
-                        : scatter_rows_slots<3>(vp, ip, n0, n1, S, K, u0, u1, table);
-      }
+      Slot* tables = scratch<Slot>(parts * S * K, fresh, sums.options());
+      constexpr int64_t kMergeChunk = 1 << 12;
+      ok = run_two_phases(
+          parts * groups, [&](int64_t t) {
+            const int64_t p = t / groups, g = t % groups, n0 = N * p / parts, n1 = N * (p + 1) / parts;
+            const int64_t u0 = units * g / groups, u1 = units * (g + 1) / groups;
+            Slot* table = tables + p * S * K;
+            return d == 1   ? scatter_rows_slots<1>(vp, ip, n0, n1, S, K, u0, u1, table)
+                   : d == 2 ? scatter_rows_slots<2>(vp, ip, n0, n1, S, K, u0, u1, table)
+                            : scatter_rows_slots<3>(vp, ip, n0, n1, S, K, u0, u1, table);
+          },
+          (S * K + kMergeChunk - 1) / kMergeChunk, [&](int64_t c) {
+            const int64_t i0 = c * kMergeChunk, i1 = std::min(S * K, i0 + kMergeChunk);
+            if (d == 1) write_slots<1>(tables, parts, S * K, i0, i1, sp, cp);
+            else if (d == 2) write_slots<2>(tables, parts, S * K, i0, i1, sp, cp);
+            else write_slots<3>(tables, parts, S * K, i0, i1, sp, cp);
+          });
     }
-    T* sums_p = p == 0 ? sp : partial_p + (p - 1) * stride;
-    T* counts_p = cp == nullptr ? nullptr : (p == 0 ? cp : sums_p + per_part);
-    if (zero_in_task) {
-      std::memset(sums_p, 0, per_part * sizeof(T));
-      if (counts_p) std::memset(counts_p, 0, S * K * sizeof(T));
+  } else {
+    // The plain scatter adds into zeroed outputs (part 0) and zeroed partial buffers (the others), which the
+    // merge adds in part order. A part's buffers are zeroed by the task that fills them when one task covers the
+    // whole part (then in its own cache, and in parallel), else here.
+    T* partial_p = scratch<T>((parts - 1) * stride, fresh, sums.options());
+    const bool zero_in_task = groups == 1;
+    if (!zero_in_task) {
+      zero_fill(sp, per_part);
+      if (cp) zero_fill(cp, S * K);
+      zero_fill(partial_p, (parts - 1) * stride);
     }
-    return cp != nullptr ? scatter_rows_any_d<true>(vp, ip, n0, n1, S, K, d, u0, u1, sums_p, counts_p)
-                         : scatter_rows_any_d<false>(vp, ip, n0, n1, S, K, d, u0, u1, sums_p, counts_p);
-  };
-  auto merge = [&](int64_t i0, int64_t i1) {
-    if constexpr (std::is_same<T, float>::value) {
-      if (slots) {
-        if (d == 1) write_slots<1>(tables, parts, S * K, i0, i1, sp, cp);
-        else if (d == 2) write_slots<2>(tables, parts, S * K, i0, i1, sp, cp);
-        else write_slots<3>(tables, parts, S * K, i0, i1, sp, cp);
-        return;
-      }
-    }
-    // element i of part 0's sums and counts (one after the other), plus the partials in part order
-    for (int64_t p = 1; p < parts; ++p) {
-      const T* part = partial_p + (p - 1) * stride;
-      if (i0 < per_part) add_into(sp + i0, part + i0, std::min(i1, per_part) - i0);
-      if (i1 > per_part) add_into(cp + std::max<int64_t>(0, i0 - per_part), part + std::max(i0, per_part),
-                                  i1 - std::max(i0, per_part));
-    }
-  };
-  at::parallel_for(0, std::min(threads, tasks), 1, [&](int64_t, int64_t) {
-    for (int64_t t; (t = next_task.fetch_add(1)) < tasks;) {
-      const int64_t p = t / groups, g = t % groups;
-      const int64_t u0 = units * g / groups, u1 = units * (g + 1) / groups;
-      if (!bad.load(std::memory_order_relaxed) && !scatter_task(p, N * p / parts, N * (p + 1) / parts, u0, u1))
-        bad = true;
-      done.fetch_add(1, std::memory_order_release);
-    }
-    if (merges == 0) return;
-    while (done.load(std::memory_order_acquire) < tasks) spin_pause();
-    if (bad.load(std::memory_order_relaxed)) return;
-    for (int64_t m; (m = next_merge.fetch_add(1)) < merges;)
-      merge(m * kMergeChunk, std::min(merge_len, (m + 1) * kMergeChunk));
-  });
-  TORCH_CHECK_VALUE(!bad, "indices has values outside [0, ", K, ")");
+    constexpr int64_t kMergeChunk = 1 << 12;
+    ok = run_two_phases(
+        parts * groups, [&](int64_t t) {
+          const int64_t p = t / groups, g = t % groups, n0 = N * p / parts, n1 = N * (p + 1) / parts;
+          const int64_t u0 = units * g / groups, u1 = units * (g + 1) / groups;
+          T* sums_p = p == 0 ? sp : partial_p + (p - 1) * stride;
+          T* counts_p = cp == nullptr ? nullptr : (p == 0 ? cp : sums_p + per_part);
+          if (zero_in_task) {
+            std::memset(sums_p, 0, per_part * sizeof(T));
+            if (counts_p) std::memset(counts_p, 0, S * K * sizeof(T));
+          }
+          return cp != nullptr ? scatter_rows_any_d<true>(vp, ip, n0, n1, S, K, d, u0, u1, sums_p, counts_p)
+                               : scatter_rows_any_d<false>(vp, ip, n0, n1, S, K, d, u0, u1, sums_p, counts_p);
+        },
+        parts > 1 ? (stride + kMergeChunk - 1) / kMergeChunk : 0, [&](int64_t c) {
+          // elements [i0, i1) of part 0's sums and counts (one after the other), plus the partials in part order
+          const int64_t i0 = c * kMergeChunk, i1 = std::min(stride, i0 + kMergeChunk);
+          for (int64_t p = 1; p < parts; ++p) {
+            const T* part = partial_p + (p - 1) * stride;
+            if (i0 < per_part) add_into(sp + i0, part + i0, std::min(i1, per_part) - i0);
+            if (i1 > per_part)
+              add_into(cp + std::max<int64_t>(0, i0 - per_part), part + std::max(i0, per_part),
+                       i1 - std::max(i0, per_part));
+          }
+        });
+  }
+  TORCH_CHECK_VALUE(ok, "indices has values outside [0, ", K, ")");
 }
 
 void scatter_cpu(const at::Tensor& values, const at::Tensor& indices, at::Tensor& sums, at::Tensor* counts) {
