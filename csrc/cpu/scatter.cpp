@@ -21,7 +21,7 @@ namespace {
 constexpr int64_t kStatChunk = 16;  // coordinates per scatter work unit
 
 // dst[0 .. n) += src[0 .. n), converted to T; fp32 into fp32 by 4- and 2-lane vectors (the compiler does not
-// vectorise the plain loop, since dst and src may alias: S16 d16 took 0.80 ms, 0.xx ms vectorised).
+// vectorise the plain loop, since dst and src may alias: S16 d16 statistics 0.80 -> 0.48 ms).
 template <typename T, typename scalar_t>
 inline void add_into(T* dst, const scalar_t* src, int64_t n) {
   int64_t j = 0;
@@ -193,8 +193,8 @@ constexpr int64_t kStatParts = 8;
 constexpr int64_t kStatPartRows = 1024;
 constexpr int64_t kPartInputRatio = 8;
 int64_t row_parts(int64_t N, int64_t D, int64_t out_elems) {
-  return std::max<int64_t>(
-      1, std::min<int64_t>({kStatParts, N / kStatPartRows, N * D / (kPartInputRatio * std::max<int64_t>(1, out_elems))}));
+  const int64_t by_size = N * D / (kPartInputRatio * std::max<int64_t>(1, out_elems));
+  return std::max<int64_t>(1, std::min<int64_t>({kStatParts, N / kStatPartRows, by_size}));
 }
 
 // Runs task(t) for t in [0, tasks) and then, once all of them are done, chunk(c) for c in [0, chunks), in one
@@ -286,7 +286,8 @@ void scatter_cpu_impl(const at::Tensor& values, const at::Tensor& indices, at::T
   if (!slots && parts == 1 && K >= N && per_part * static_cast<int64_t>(sizeof(T)) > kSortedMinBytes) {
     int64_t* bounds = scratch<int64_t>(S * (K + 2 + N), fresh, sums.options());
     int64_t* order = bounds + S * (K + 2);
-    const int64_t codes_per_chunk = std::max<int64_t>(1, 4096 / d), code_chunks = (K + codes_per_chunk - 1) / codes_per_chunk;
+    const int64_t codes_per_chunk = std::max<int64_t>(1, 4096 / d);  // ~16 KiB of fp32 output per chunk
+    const int64_t code_chunks = (K + codes_per_chunk - 1) / codes_per_chunk;
     ok = run_two_phases(
         S, [&](int64_t s) { return sort_by_code(ip, N, S, K, s, bounds + s * (K + 2), order + s * N); },
         S * code_chunks, [&](int64_t c) {
