@@ -27,7 +27,7 @@ book-keeping and the exact re-check are not counted, so 100 % is out of reach); 
 Then the EMA statistics and the codebook gradient (pq_ema_stats / pq_codebook_grad, backend "cpu") with the GB/s
 they reach (bytes = x read + indices read + (counts and) sums written once), that rate as a fraction of the
 machine's measured streaming bandwidth (a 256 MiB tensor copy, same threads), and the naive one-hot version.
-Timing: one warm-up call, then --reps timed calls; the median is reported (min in brackets).
+Timing: one warm-up call, then --reps timed calls (the statistics: at least STATS_MIN_REPS); the median is reported.
 """
 from __future__ import annotations
 
@@ -142,6 +142,11 @@ def bench_assign(args, faiss):
               + (f"  (faiss: {fa})" if not callable(fa) else ""), flush=True)
 
 
+# The statistics take well under a millisecond: the median of at least this many calls (five would be at the
+# mercy of one slow call on a shared machine).
+STATS_MIN_REPS = 50
+
+
 def copy_gbs(reps: int = 5) -> float:
     """The machine's streaming bandwidth with the current threads: bytes read + written by a 256 MiB tensor copy."""
     src = torch.randn(64 << 20)
@@ -151,20 +156,22 @@ def copy_gbs(reps: int = 5) -> float:
 
 
 def bench_stats(args):
+    reps = max(args.reps, STATS_MIN_REPS)
     bandwidth = copy_gbs()
     print(f"\nmemory bandwidth (256 MiB tensor copy, {args.threads} threads): {bandwidth:.1f} GB/s; GB/s below count x "
-          f"and indices read once and (counts and) sums written once; 'bw' = that rate / the copy's")
+          f"and indices read once and (counts and) sums written once; 'bw' = that rate / the copy's; "
+          f"times: median of {reps}")
     print(f"{'stats':10s} {'S':>3s} {'d':>4s} {'K':>6s} {'N':>5s} | {'ema ms':>8s} {'GB/s':>6s} {'bw':>4s} "
           f"{'naive':>8s} {'x naive':>7s} | {'grad ms':>8s} {'GB/s':>6s} {'bw':>4s} {'x naive':>7s}")
     for name, (S, d, K, N) in args.shapes:
         g = torch.Generator().manual_seed(1)
         x = torch.randn(N, S * d, generator=g)
         idx = torch.randint(0, K, (N, S), generator=g)
-        ema = timed(lambda: pqgan_kernels.pq_ema_stats(x, idx, K, backend="cpu"), args.reps)[0]
-        grad = timed(lambda: pqgan_kernels.pq_codebook_grad(x, idx, K, backend="cpu"), args.reps)[0]
+        ema = timed(lambda: pqgan_kernels.pq_ema_stats(x, idx, K, backend="cpu"), reps)[0]
+        grad = timed(lambda: pqgan_kernels.pq_codebook_grad(x, idx, K, backend="cpu"), reps)[0]
         naive = timed(lambda: naive_ema_stats(x, idx, K), max(1, min(args.reps, 3)))[0] \
             if N * S * K <= 1 << 28 else None
-        naive_grad = timed(lambda: reference.pq_codebook_grad(x, idx, K), args.reps)[0]
+        naive_grad = timed(lambda: reference.pq_codebook_grad(x, idx, K), reps)[0]
         io = x.numel() * 4 + idx.numel() * 8
         ema_gbs = (io + S * K * (d + 1) * 4) / ema / 1e6
         grad_gbs = (io + S * K * d * 4) / grad / 1e6
