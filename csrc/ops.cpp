@@ -10,6 +10,8 @@
 //       CPU cpu/scatter.cpp, CUDA cuda/scatter.cu
 //   pq_codebook_grad(grad (N, D), indices (N, S), K) -> (S, K, d)                        fp32 (fp64 for fp64 grad)
 //       CPU cpu/scatter.cpp, CUDA cuda/scatter.cu
+//   pq_ema_apply_(codebooks (S, K, d)!, cluster_size (S, K)!, embed_sum (S, K, d)!, counts, sums, decay, eps) -> ()
+//       the EMA apply step of pqgan_kernels/ema_apply.py in place, fp32 contiguous state, CPU only (cpu/ema_apply.cpp)
 //   pq_assign_gemm(x (N, D), codebooks (S, K, d), bound_coefficient, blas = false) -> like pq_assign, l2, CPU only:
 //       the exact GEMM + bounded re-check path (cpu/assign_gemm.cpp; coefficient from pqgan_kernels/bound.py);
 //       blas: score with torch's BLAS even where the fused fp32 kernel (cpu/assign_gemm_kernel.h) exists
@@ -47,6 +49,8 @@ TORCH_LIBRARY_FRAGMENT(pqgan_native, m) {
         "(Tensor, Tensor)");
   m.def("pq_ema_stats(Tensor x, Tensor indices, int num_codes) -> (Tensor, Tensor)");
   m.def("pq_codebook_grad(Tensor grad, Tensor indices, int num_codes) -> Tensor");
+  m.def("pq_ema_apply_(Tensor(a!) codebooks, Tensor(b!) cluster_size, Tensor(c!) embed_sum, Tensor counts, "
+        "Tensor sums, float decay, float eps) -> ()");
   m.def("pq_assign_gemm(Tensor x, Tensor codebooks, float bound_coefficient, bool blas=False) -> (Tensor, Tensor)");
   m.def("cpu_isa() -> str");
   m.def("build_info() -> str", &pqgan::build_info);

@@ -46,8 +46,9 @@ class Backend:
     codebook_grad: Callable
     ema_update: Optional[Callable] = None
     unsupported: Optional[Callable] = None
-    # ema_stats / codebook_grad raise ValueError("indices has values outside [0, K)") themselves, as the Python
-    # check would (the CPU kernels test every index anyway): the ops then skip that extra pass over the indices
+    # ema_stats / codebook_grad (and ema_update, before it changes any state) raise ValueError("indices has values
+    # outside [0, K)") themselves, as the Python check would (the CPU kernels test every index anyway): the ops then
+    # skip that extra pass over the indices
     checks_indices: bool = False
 
     def check_supports(self, x: torch.Tensor, codebooks: Optional[torch.Tensor], distance: str = "l2") -> Optional[str]:

@@ -130,7 +130,7 @@ def _pq_ema_update_op(x: torch.Tensor, indices: torch.Tensor, codebooks: torch.T
                       embed_sum: torch.Tensor, decay: float, eps: float, backend: str) -> None:
     validate.check_finite("x", x)
     impl = get_backend(backend)
-    if impl.ema_update is not None or not impl.checks_indices:  # else ema_stats checks them before any update
+    if not impl.checks_indices:  # a checking backend's statistics (ema_update's too) check them before any update
         validate.check_index_range("indices", indices, codebooks.shape[1])
     if impl.ema_update is not None:
         impl.ema_update(x, indices, codebooks, cluster_size, embed_sum, decay, eps)

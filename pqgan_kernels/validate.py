@@ -52,8 +52,13 @@ def check_same_device(**tensors: torch.Tensor) -> None:
 
 
 def check_finite(name: str, t: torch.Tensor) -> None:
-    """NaN/Inf check by a min/max reduction (NaN propagates through it): no full-size temporary, one sync."""
-    if _value_checks and t.numel() and not bool(torch.isfinite(torch.stack(torch.aminmax(t))).all()):
+    """NaN/Inf check: no full-size temporary, one sync. A finite sum proves every element finite (NaN and +-Inf
+    propagate through any sum; finite elements can only overflow it), and a sum is one cheap pass (0.10 vs 0.21 ms
+    for a min/max reduction at F8's 8192 x 128 on the 2-core Xeon); only a non-finite sum takes the exact min/max
+    check (NaN propagates through it too)."""
+    if not _value_checks or not t.numel() or bool(torch.isfinite(t.sum())):
+        return
+    if not bool(torch.isfinite(torch.stack(torch.aminmax(t))).all()):
         raise ValueError(f"{name} contains NaN or Inf")
 
 

@@ -242,6 +242,38 @@ def test_product_quantizer_training_step():
             torch.testing.assert_close(pq.codebooks.grad, ref.codebooks.grad, rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("S,K,d,N", [(64, 512, 2, 3000), (2, 3000, 45, 500), (1, 1000, 256, 300), (3, 1, 1, 5)])
+def test_ema_update_native_apply_matches_reference(S, K, d, N):
+    """backend "cpu" updates fp32 contiguous state with the native apply (pq_ema_apply_; the 1000 x 256 case in
+    several parallel chunks), other state (fp64, non-contiguous) with ema_apply.py: both equal the oracle's update
+    within fp32 rounding (n is summed in fp64 by the native apply), eps large enough to show the smoothing."""
+    g = torch.Generator().manual_seed(S + K)
+    x = torch.randn(N, S * d, generator=g)
+    idx = torch.randint(0, K, (N, S), generator=g)
+    state = (torch.randn(S, K, d, generator=g), torch.rand(S, K, generator=g) + 0.5, torch.randn(S, K, d, generator=g))
+    ref = [t.clone() for t in state]
+    reference.pq_ema_update(x, idx, *ref, 0.9, 0.1)
+    variants = {"fp32": [t.clone() for t in state], "fp64": [t.double() for t in state],
+                "strided": [t.transpose(0, 1).contiguous().transpose(0, 1) for t in state]}
+    for name, mine in variants.items():
+        pqgan_kernels.pq_ema_update(x, idx, *mine, 0.9, 0.1, backend="cpu")
+        for a, b in zip(mine, ref):
+            torch.testing.assert_close(a.float(), b, rtol=1e-5, atol=1e-5, msg=lambda m: f"{name}: {m}")
+
+
+def test_native_apply_rejects_what_it_does_not_run():
+    """pq_ema_apply_ runs fp32 contiguous state only, and says which argument is at fault."""
+    S, K, d = 2, 5, 3
+    state = [torch.randn(S, K, d), torch.rand(S, K) + 0.5, torch.randn(S, K, d)]
+    stats = [torch.rand(S, K), torch.randn(S, K, d)]
+    with pytest.raises(TypeError, match="embed_sum must be float32"):
+        ops.pq_ema_apply_(state[0], state[1], state[2].double(), *stats, 0.9, 1e-5)
+    with pytest.raises(ValueError, match="codebooks must be a contiguous"):
+        ops.pq_ema_apply_(state[0].transpose(0, 1).contiguous().transpose(0, 1), *state[1:], *stats, 0.9, 1e-5)
+    with pytest.raises(ValueError, match="cluster_size and counts must be"):
+        ops.pq_ema_apply_(*state, torch.rand(S, K - 1), stats[1], 0.9, 1e-5)
+
+
 def test_opcheck_native_ops():
     x, cb = random_case(21, 3, 2, 7, seed=2)
     idx = torch.randint(0, 7, (21, 3))
@@ -250,6 +282,9 @@ def test_opcheck_native_ops():
     torch.library.opcheck(ops.pq_assign.default, (x.double(), cb, True))
     torch.library.opcheck(ops.pq_ema_stats.default, (x, idx, 7))
     torch.library.opcheck(ops.pq_codebook_grad.default, (x, idx.int(), 7))
+    counts, sums = ops.pq_ema_stats(x, idx, 7)
+    state = (torch.randn(3, 7, 2), torch.rand(3, 7) + 0.5, torch.randn(3, 7, 2))
+    torch.library.opcheck(ops.pq_ema_apply_.default, (*state, counts, sums, 0.9, 1e-5))
 
 
 def test_assign_allocates_no_rows_by_codes_buffer():
