@@ -221,10 +221,10 @@ bool run_two_phases(int64_t tasks, const Task& task, int64_t chunks, const Chunk
 }
 
 // Outputs at least as large as the input (K >= N) and larger than the L2 (e.g. plain VQ with a large codebook and a
-// wide code: 16 MiB of sums at d = 256, K = 16384): the rows sorted by code
-// per subspace (sort_by_code, a stable counting sort), then every output row written once (write_sorted): its rows
-// added in order into zeros, or zeros -- the bits of the plain scatter over one row part, with no zeroing pass and
-// no read-modify-write of a table larger than the caches.
+// wide code: 16 MiB of sums at d = 256, K = 16384): the rows sorted by code per subspace (sort_by_code, a stable
+// counting sort), then every output row written once (write_sorted): its rows added in order into zeros, or zeros --
+// the bits of the plain scatter over one row part, with no zeroing pass and no read-modify-write of a table larger
+// than the caches (VQ d256: 0.79 -> 0.66 ms).
 //
 // Rows of subspace s by code: on return, the rows n with indices[n, s] = k are order[bounds[k] .. bounds[k + 1]),
 // in increasing n (bounds: K + 2 entries, order: N). Returns false at the first index outside [0, K).
