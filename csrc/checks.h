@@ -4,6 +4,7 @@
 #include <ATen/ATen.h>
 
 #include <cmath>
+#include <utility>
 
 namespace pqgan {
 
@@ -65,6 +66,30 @@ inline void check_scatter_args(const char* op, const at::Tensor& values, const a
   TORCH_CHECK_VALUE(num_codes >= 1, op, ": num_codes must be >= 1, got ", num_codes);
   TORCH_CHECK_VALUE(values.device() == indices.device(), op, ": tensors must be on the same device, got ",
                     values.device(), " and ", indices.device());
+}
+
+// pq_ema_apply_ (CPU): codebooks and embed_sum (S, K, d), cluster_size (S, K), counts (S, K), sums (S, K, d), all
+// fp32, contiguous, on the CPU.
+inline void check_ema_apply_args(const at::Tensor& codebooks, const at::Tensor& cluster_size,
+                                 const at::Tensor& embed_sum, const at::Tensor& counts, const at::Tensor& sums) {
+  const std::pair<const char*, const at::Tensor*> args[] = {{"codebooks", &codebooks}, {"cluster_size", &cluster_size},
+                                                            {"embed_sum", &embed_sum}, {"counts", &counts},
+                                                            {"sums", &sums}};
+  for (const auto& [name, t] : args) {
+    TORCH_CHECK_TYPE(t->scalar_type() == at::kFloat, "pq_ema_apply_ (cpu): ", name, " must be float32, got ",
+                     t->scalar_type());
+    TORCH_CHECK_VALUE(t->device().is_cpu() && t->is_contiguous(), "pq_ema_apply_ (cpu): ", name,
+                      " must be a contiguous CPU tensor");
+  }
+  TORCH_CHECK_VALUE(codebooks.dim() == 3, "pq_ema_apply_: codebooks must be (S, K, d), got ", codebooks.sizes());
+  const int64_t S = codebooks.size(0), K = codebooks.size(1);
+  TORCH_CHECK_VALUE(embed_sum.sizes() == codebooks.sizes() && sums.sizes() == codebooks.sizes(),
+                    "pq_ema_apply_: embed_sum and sums must be (S, K, d) = ", codebooks.sizes(), ", got ",
+                    embed_sum.sizes(), " and ", sums.sizes());
+  TORCH_CHECK_VALUE(cluster_size.dim() == 2 && cluster_size.size(0) == S && cluster_size.size(1) == K &&
+                        counts.sizes() == cluster_size.sizes(),
+                    "pq_ema_apply_: cluster_size and counts must be (S, K) = (", S, ", ", K, "), got ",
+                    cluster_size.sizes(), " and ", counts.sizes());
 }
 
 }  // namespace pqgan

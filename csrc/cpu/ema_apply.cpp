@@ -14,32 +14,12 @@
 #include <algorithm>
 #include <vector>
 
+#include "checks.h"
+
 namespace pqgan::cpu {
 namespace {
 
 constexpr int64_t kApplyGrain = int64_t(1) << 17;  // elements of state per parallel chunk: F8's 98 K stay inline
-
-void check_apply_args(const at::Tensor& codebooks, const at::Tensor& cluster_size, const at::Tensor& embed_sum,
-                      const at::Tensor& counts, const at::Tensor& sums) {
-  const std::pair<const char*, const at::Tensor*> args[] = {{"codebooks", &codebooks}, {"cluster_size", &cluster_size},
-                                                            {"embed_sum", &embed_sum}, {"counts", &counts},
-                                                            {"sums", &sums}};
-  for (const auto& [name, t] : args) {
-    TORCH_CHECK_TYPE(t->scalar_type() == at::kFloat, "pq_ema_apply_ (cpu): ", name, " must be float32, got ",
-                     t->scalar_type());
-    TORCH_CHECK_VALUE(t->device().is_cpu() && t->is_contiguous(), "pq_ema_apply_ (cpu): ", name,
-                      " must be a contiguous CPU tensor");
-  }
-  TORCH_CHECK_VALUE(codebooks.dim() == 3, "pq_ema_apply_: codebooks must be (S, K, d), got ", codebooks.sizes());
-  const int64_t S = codebooks.size(0), K = codebooks.size(1);
-  TORCH_CHECK_VALUE(embed_sum.sizes() == codebooks.sizes() && sums.sizes() == codebooks.sizes(),
-                    "pq_ema_apply_: embed_sum and sums must be (S, K, d) = ", codebooks.sizes(), ", got ",
-                    embed_sum.sizes(), " and ", sums.sizes());
-  TORCH_CHECK_VALUE(cluster_size.dim() == 2 && cluster_size.size(0) == S && cluster_size.size(1) == K &&
-                        counts.sizes() == cluster_size.sizes(),
-                    "pq_ema_apply_: cluster_size and counts must be (S, K) = (", S, ", ", K, "), got ",
-                    cluster_size.sizes(), " and ", counts.sizes());
-}
 
 // One code's d sums and codeword; restrict: the tensors do not overlap, so the compiler may vectorise (the divisions
 // are most of the work).
@@ -54,7 +34,7 @@ inline void update_code(float* __restrict__ es, const float* __restrict__ sm, fl
 
 void ema_apply_cpu(at::Tensor& codebooks, at::Tensor& cluster_size, at::Tensor& embed_sum, const at::Tensor& counts,
                    const at::Tensor& sums, double decay, double eps) {
-  check_apply_args(codebooks, cluster_size, embed_sum, counts, sums);
+  check_ema_apply_args(codebooks, cluster_size, embed_sum, counts, sums);
   const int64_t S = codebooks.size(0), K = codebooks.size(1), d = codebooks.size(2);
   float* cb = codebooks.data_ptr<float>();
   float* cs = cluster_size.data_ptr<float>();
