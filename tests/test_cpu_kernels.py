@@ -163,6 +163,31 @@ def test_stats_rows_sorted_by_code_equal_the_plain_scatter(dtype, N, S, d, K):
     torch.testing.assert_close(sums, ref_sums, rtol=1e-5, atol=1e-5)
 
 
+STATS_FAMILIES = {"zero-mean": (0.0, 1.0), "offset": (1000.0, 1e-3), "tiny": (0.0, 1e-30), "huge": (0.0, 1e30)}
+
+
+@pytest.mark.parametrize("family", list(STATS_FAMILIES))
+@pytest.mark.parametrize("N,S,d,K", [(9000, 64, 2, 512), (3000, 8, 3, 100), (9000, 16, 16, 64), (500, 2, 41, 8192),
+                                     (37, 3, 5, 7)])
+def test_stats_on_every_data_family_within_the_summation_bound(family, N, S, d, K):
+    """Slot tables (2 parts; d = 3), the plain scatter (8 parts), rows sorted by code, one small part: counts equal
+    the oracle's; every fp32 sum is within the bound of a sum of n_k terms in any order, |err| <= (n_k + 1) u
+    sum_k |x| (u = 2^-24, plus the smallest subnormal), of the fp64 oracle, on offset data (centre >> spread) and at
+    tiny and huge scales too; the gradient's sums are the same bits."""
+    centre, spread = STATS_FAMILIES[family]
+    g = torch.Generator().manual_seed(N + S)
+    x = centre + spread * torch.randn(N, S * d, generator=g)
+    idx = torch.randint(0, min(K, 16) if K > N else K, (N, S), generator=g)
+    counts, sums = ops.pq_ema_stats(x, idx, K)
+    assert torch.equal(ops.pq_codebook_grad(x, idx, K), sums)
+    ref_counts, ref_sums = reference.pq_ema_stats(x.double(), idx, K)
+    assert torch.equal(counts.double(), ref_counts)
+    flat = (idx + torch.arange(S) * K).reshape(-1)
+    abs_sums = torch.zeros(S * K, d, dtype=torch.float64).index_add_(0, flat, x.double().abs().reshape(N * S, d))
+    bound = (ref_counts.unsqueeze(-1) + 1) * 2.0 ** -24 * abs_sums.reshape(S, K, d) + 2.0 ** -149
+    assert bool(((sums.double() - ref_sums).abs() <= bound).all())
+
+
 @pytest.mark.parametrize("N,S,d,K", [(9000, 64, 2, 512), (9000, 16, 16, 64), (300, 1, 64, 16384), (40, 3, 5, 7)])
 @pytest.mark.parametrize("row", [0, -1])
 def test_stats_bad_index_in_any_row_part_raises(N, S, d, K, row):
